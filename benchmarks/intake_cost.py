@@ -1,0 +1,96 @@
+"""Intake cost per message: what labdispatch spends reading one result, measured.
+
+Prints medians (and p95) of `read_results` — decode, structure checks against hl7apy's
+reference model, routing facts and recipients — for a 15-segment ORU^R01 and for the
+largest corpus file, beside a full hl7apy `parse_message` of the same bytes for scale.
+
+    python benchmarks/intake_cost.py [--rounds 300] [--corpus ../shared/corpus]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.parser import parse_message
+
+from pipeline.hl7.intake import read_results
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fifteen_segment_oru() -> bytes:
+    """MSH, PID, PV1, ORC, OBR and ten OBX: the shape of a typical chemistry panel."""
+    segments = [
+        "MSH|^~\\&|SIL|LABO|LABDISPATCH|LABDISPATCH|20261128093000||ORU^R01^ORU_R01|BENCH-1|P|2.5"
+        "|||||FRA|UNICODE UTF-8",
+        "PID|||248125612345678^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO^INS||DUPONT^Hélène"
+        "||19481215|F",
+        "PV1|1|O",
+        "ORC|RE|CMD-1|LAB-1||CM||||202611280715|||810001234567^MARTIN^Sophie^^^DR^^^"
+        "ASIP-SANTE-PS&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS",
+        "OBR|1|CMD-1|LAB-1|24326-1^Ionogramme^LN|||202611280700|||||||||810001234567^MARTIN^"
+        "Sophie^^^DR^^^ASIP-SANTE-PS&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS||||||202611280925|||F"
+        "|||0751234567^LEROY^Paul^^^DR^^^ASIP-SANTE-PS&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS",
+    ]
+    for number in range(1, 11):
+        segments.append(
+            f"OBX|{number}|NM|{2950 + number}-2^Analyte {number}^LN||{100 + number}|mmol/L"
+            "|135-145|N|||F|||202611280900"
+        )
+    assert len(segments) == 15
+    return ("\r".join(segments) + "\r").encode("utf-8")
+
+
+def measure(function: Callable[[], object], rounds: int) -> tuple[float, float]:
+    for _ in range(min(20, rounds)):
+        function()
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - start)
+    samples.sort()
+    return statistics.median(samples) * 1000, samples[int(len(samples) * 0.95) - 1] * 1000
+
+
+def hl7apy_full(data: bytes) -> Callable[[], object]:
+    text = data.decode("utf-8").lstrip("\ufeff")
+
+    def run() -> object:
+        return parse_message(text, validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=False)
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
+    args = parser.parse_args()
+
+    cases = [("15-segment ORU^R01 (synthetic, 10 OBX)", fifteen_segment_oru())]
+    corpus_files = sorted(args.corpus.glob("*.hl7"), key=lambda path: path.stat().st_size)
+    if corpus_files:
+        largest = corpus_files[-1]
+        cases.append((f"largest corpus file {largest.name}", largest.read_bytes()))
+
+    print(f"{'message':<58} {'bytes':>8} {'labdispatch':>18} {'hl7apy full parse':>20}")
+    for label, data in cases:
+        results = list(read_results(data))
+        assert all(result.ok for result in results), [str(r.error) for r in results]
+        ours = measure(lambda data=data: list(read_results(data)), args.rounds)
+        try:
+            theirs = measure(hl7apy_full(data), max(20, args.rounds // 10))
+            theirs_text = f"{theirs[0]:7.3f} ms p95 {theirs[1]:6.2f}"
+        except Exception as error:  # hl7apy refuses some real messages (e.g. PRT in 2.5)
+            theirs_text = f"fails: {type(error).__name__}"
+        print(f"{label:<58} {len(data):>8} {ours[0]:7.3f} ms p95 {ours[1]:5.2f} {theirs_text:>20}")
+
+
+if __name__ == "__main__":
+    main()

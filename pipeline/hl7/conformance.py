@@ -1,0 +1,55 @@
+"""Strict conformance notes from hl7apy, for people diagnosing a laboratory's feed.
+
+Intake accepts what it can route safely; this goes further and asks hl7apy to parse each
+segment strictly against its version's definition (PRT against 2.7, where it is defined):
+data types, lengths, component counts, table-coded dates. A shifted OBR (a missing "|"),
+a text too long for its field, a date that is not a date: each becomes one line an ops
+engineer can show the lab. It costs milliseconds per segment, so it runs on demand
+(`labdispatch inspect --strict`), never on the delivery path.
+"""
+
+from __future__ import annotations
+
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.exceptions import HL7apyException
+from hl7apy.parser import parse_segment
+
+from pipeline.hl7 import reference
+from pipeline.hl7.parse import Hl7Message
+
+
+def strict_findings(message: Hl7Message) -> list[str]:
+    """One line per segment hl7apy's strict parse or validation refuses, in message order."""
+    d = message.delimiters
+    encoding_chars = {
+        "FIELD": d.field,
+        "COMPONENT": d.component,
+        "SUBCOMPONENT": d.subcomponent,
+        "REPETITION": d.repetition,
+        "ESCAPE": d.escape,
+    }
+    findings: list[str] = []
+    for segment in message.segments:
+        if segment.name.startswith("Z"):
+            continue
+        version = message.version
+        if segment.name not in reference.native_segments(version):
+            version = reference.BACKPORTED_SEGMENTS.get(segment.name, version)
+        label = segment.name if segment.sequence == 1 else f"{segment.name}[{segment.sequence}]"
+        try:
+            parsed = parse_segment(
+                segment.text,
+                version=version,
+                encoding_chars=encoding_chars,
+                validation_level=VALIDATION_LEVEL.STRICT,
+            )
+            parsed.validate()
+        except (HL7apyException, ValueError, TypeError, AttributeError) as error:
+            # hl7apy signals bad dates and numbers with ValueError/TypeError too.
+            findings.append(f"{label} (line {segment.line}): {_describe(error)}")
+    return findings
+
+
+def _describe(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

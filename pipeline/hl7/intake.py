@@ -1,0 +1,59 @@
+"""The one call that reads what a laboratory sent: each message accepted or refused.
+
+Decoding, structure checks and fact extraction run here in order; a message that fails a
+step comes back with the `IntakeError` that says why, and the others in the same file or
+batch are unaffected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pipeline.hl7.ack import ACCEPT, AckContext, AckIssue, build_ack
+from pipeline.hl7.decode import RawMessage, decode_message, split_messages
+from pipeline.hl7.errors import IntakeError
+from pipeline.hl7.facts import RoutingFacts, extract_facts
+from pipeline.hl7.parse import Hl7Message, parse
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    """One message of a file or stream: its facts, or the reason it was refused."""
+
+    index: int
+    data: bytes
+    message: Hl7Message | None = None
+    facts: RoutingFacts | None = None
+    error: IntakeError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def ack(self) -> str:
+        """AA (with warnings as ERR severity W), or AE / AR naming the reason."""
+        if self.message is not None and self.facts is not None:
+            issues = [AckIssue.warning(text) for text in self.facts.warnings]
+            return build_ack(AckContext.from_message(self.message), ACCEPT, issues)
+        assert self.error is not None
+        return build_ack(
+            AckContext.from_raw(self.data), self.error.ack_code, [AckIssue.from_error(self.error)]
+        )
+
+
+def read_raw(raw: RawMessage) -> IntakeResult:
+    """Decode, check and read one message's bytes (as cut by `split_messages`)."""
+    try:
+        decoded = decode_message(raw)
+        message = parse(decoded)
+        facts = extract_facts(message)
+    except IntakeError as error:
+        return IntakeResult(raw.index, raw.data, error=error)
+    return IntakeResult(raw.index, raw.data, message, facts)
+
+
+def read_results(data: bytes) -> Iterator[IntakeResult]:
+    """Every message in a file, batch or stream, in order."""
+    for raw in split_messages(data):
+        yield read_raw(raw)

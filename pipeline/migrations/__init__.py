@@ -1,0 +1,1 @@
+"""Alembic migrations for every labdispatch table; `pipeline.db.migrate` runs them."""

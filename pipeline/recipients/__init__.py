@@ -1,0 +1,1 @@
+"""Recipients: who may receive a result (the directory) and how we name them (identifiers)."""

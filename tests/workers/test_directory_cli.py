@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from workers.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_import_prints_a_summary_and_exits_0(
+    cli_env: str, directory_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["directory", "import", str(directory_dir / "valid.csv")])
+
+    out, err = capsys.readouterr()
+    assert status == 0
+    assert out == "imported 4 rows: 4 created, 0 updated, 0 unchanged; 0 rejected\n"
+    assert err == ""
+
+
+def test_reimport_counts_unchanged_rows(
+    cli_env: str, directory_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["directory", "import", str(directory_dir / "valid.csv")])
+    capsys.readouterr()
+
+    status = main(["directory", "import", str(directory_dir / "valid.csv")])
+
+    assert status == 0
+    assert capsys.readouterr().out.startswith("imported 4 rows: 0 created, 0 updated, 4 unchanged")
+
+
+def test_rejected_rows_go_to_stderr_by_line_and_column_and_exit_1(
+    cli_env: str, directory_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = directory_dir / "bad_rows.csv"
+
+    status = main(["directory", "import", str(path)])
+
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert out == "imported 3 rows: 3 created, 0 updated, 0 unchanged; 7 rejected\n"
+    lines = err.splitlines()
+    assert len(lines) == 8
+    assert lines[0].startswith(f"{path}:3: column kind: ")
+    assert any(line.startswith(f"{path}:13: column channels: ") for line in lines)
+
+
+def test_kept_rows_are_committed(
+    cli_env: str, directory_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["directory", "import", str(directory_dir / "bad_rows.csv")])
+    capsys.readouterr()
+
+    assert main(["directory", "show", "good-two"]) == 0
+    assert "LABO-NORD=T3" in capsys.readouterr().out
+
+
+def test_show_prints_the_recipient(
+    cli_env: str, directory_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["directory", "import", str(directory_dir / "valid.csv")])
+    capsys.readouterr()
+
+    status = main(["directory", "show", "IDNPS:810001234567"])
+
+    out = capsys.readouterr().out
+    assert status == 0
+    assert out.startswith("dr-martin  Dr Claire Martin\n")
+    assert "1. mail:claire.martin@mssante.example" in out
+    assert "2. https:https://dpi.clinique.example:8443/inbox" in out
+
+
+def test_show_json(cli_env: str, directory_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["directory", "import", str(directory_dir / "valid.csv")])
+    capsys.readouterr()
+
+    status = main(["directory", "show", "LABO-SUD=DR7", "--json"])
+
+    data = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert data["key"] == "dr-bernard"
+    assert data["certificates"][0]["expired"] is True
+
+
+def test_show_unknown_is_one_line_and_exit_2(
+    cli_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["directory", "show", "RPPS:19999999999"])
+
+    out, err = capsys.readouterr()
+    assert status == 2
+    assert out == ""
+    assert err == "labdispatch: RPPS 19999999999 is not in the directory\n"
+
+
+def _run(*args: str, database_url: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "LABDISPATCH_DATABASE_URL": database_url,
+        "LABDISPATCH_VAR_DIR": str(tmp_path / "var"),
+    }
+    env.pop("LABDISPATCH_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "workers.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_missing_file_in_a_real_process_is_one_line_without_traceback(
+    database_url: str, tmp_path: Path
+) -> None:
+    missing = tmp_path / "nowhere.csv"
+
+    result = _run("directory", "import", str(missing), database_url=database_url, tmp_path=tmp_path)
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        f"labdispatch: cannot read directory file {missing}: No such file or directory"
+    ]
+
+
+def test_bad_header_in_a_real_process_is_one_line_without_traceback(
+    database_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("key,kind,fullname\ndr-a,clinician,Dr A\n", encoding="utf-8")
+
+    result = _run("directory", "import", str(path), database_url=database_url, tmp_path=tmp_path)
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(
+        f"{path}:1: unknown column(s) 'fullname'; missing required column(s) name"
+    )

@@ -1,0 +1,1 @@
+"""One module per `labdispatch` sub-command; each exposes `register(subparsers)`."""

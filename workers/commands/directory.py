@@ -1,0 +1,73 @@
+"""`labdispatch directory import FILE.csv` and `labdispatch directory show ID`.
+
+Thin on purpose: parse arguments, open the database, call `pipeline.recipients`, print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipeline.db import open_database
+from pipeline.recipients.directory_csv import import_directory
+from pipeline.recipients.views import describe_recipient, render_recipient
+from pipeline.settings import Settings
+
+EXIT_OK = 0
+EXIT_ROWS_REJECTED = 1
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "directory",
+        help="load and look up recipients",
+        description="The recipient directory: who results go to, and how to reach them.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    load = actions.add_parser(
+        "import",
+        help="create or update recipients from a CSV file",
+        description="Create or update recipients from a CSV file (see docs/directory-csv.md). "
+        "Good rows are kept even when others are rejected; exit status 1 if any was.",
+    )
+    load.add_argument("file", type=Path, metavar="FILE.csv")
+    load.set_defaults(handler=run_import)
+
+    show = actions.add_parser(
+        "show",
+        help="show one recipient",
+        description="Show one recipient, named by its directory key, an identifier "
+        "(TYPE:VALUE, e.g. RPPS:10001234567) or a laboratory's code (LAB=CODE).",
+    )
+    show.add_argument("ref", metavar="ID")
+    show.add_argument("--json", action="store_true", help="print JSON instead of text")
+    show.set_defaults(handler=run_show)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    path: Path = args.file
+    sessions = open_database(Settings.from_env())
+    with sessions.begin() as session:
+        report = import_directory(session, path)
+    print(
+        f"imported {report.imported} rows: {report.created} created, {report.updated} updated, "
+        f"{report.unchanged} unchanged; {report.rejected} rejected"
+    )
+    for error in report.errors:
+        where = f"column {error.column}: " if error.column else ""
+        print(f"{path}:{error.line}: {where}{error.message}", file=sys.stderr)
+    return EXIT_ROWS_REJECTED if report.errors else EXIT_OK
+
+
+def run_show(args: argparse.Namespace) -> int:
+    sessions = open_database(Settings.from_env())
+    with sessions() as session:
+        view = describe_recipient(session, args.ref)
+    if args.json:
+        print(json.dumps(view.as_json(), indent=2, ensure_ascii=False))
+    else:
+        print(render_recipient(view))
+    return EXIT_OK

@@ -1,0 +1,219 @@
+"""`labdispatch inspect FILE...`: what an ops engineer runs on a laboratory's file.
+
+For each message: control ID, sender, type, version, result status and recipients, and
+whether the directory knows each recipient. `--json` prints one object per message per
+line for scripts. Rejected messages are named on stderr (file, message index, reason) and
+make the exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.db import open_database
+from pipeline.hl7.conformance import strict_findings
+from pipeline.hl7.intake import IntakeResult, read_results
+from pipeline.recipients.routing import RoutedRecipient, route
+from pipeline.settings import Settings
+
+EXIT_REJECTED = 1
+EXIT_UNREADABLE = 2
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "inspect",
+        help="read HL7 files and show each result's sender, status and recipients",
+        description=__doc__,
+    )
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    parser.add_argument("--json", action="store_true", help="one JSON object per message per line")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="also list hl7apy's strict conformance findings per segment (slower)",
+    )
+    parser.add_argument(
+        "--no-directory",
+        action="store_true",
+        help="do not look recipients up in the directory (no database is opened)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    sessions: sessionmaker[Session] | None = None
+    if not args.no_directory:
+        sessions = open_database(Settings.from_env())
+    status = 0
+    for path in args.files:
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            print(f"{path}: cannot read: {error.strerror or error}", file=sys.stderr)
+            status = max(status, EXIT_UNREADABLE)
+            continue
+        results = list(read_results(data))
+        if not results:
+            print(f"{path}: no HL7 message in the file", file=sys.stderr)
+            status = max(status, EXIT_REJECTED)
+        for result in results:
+            routed: list[RoutedRecipient] | None = None
+            if result.facts is not None and sessions is not None:
+                with sessions() as session:
+                    routed = route(session, result.facts)
+            if result.error is not None:
+                status = max(status, EXIT_REJECTED)
+                print(
+                    f"{path}: message {result.index}: rejected ({result.error.ack_code}"
+                    f" {result.error.hl7_code} {type(result.error).__name__}):"
+                    f" {result.error}",
+                    file=sys.stderr,
+                )
+            findings = (
+                strict_findings(result.message)
+                if args.strict and result.message is not None
+                else None
+            )
+            if args.json:
+                entry = record(path, result, routed)
+                if findings is not None:
+                    entry["conformance"] = findings
+                print(json.dumps(entry, ensure_ascii=False))
+            else:
+                print(describe(path, result, routed))
+                for finding in findings or ():
+                    print(f"    conformance: {finding}")
+    return status
+
+
+def record(
+    path: Path, result: IntakeResult, routed: list[RoutedRecipient] | None
+) -> dict[str, Any]:
+    """The JSON form of one message: stable keys, for scripts and the conformance tests."""
+    facts = result.facts
+    error = result.error
+    out: dict[str, Any] = {
+        "file": str(path),
+        "index": result.index,
+        "ok": result.ok,
+        "error": None,
+        "control_id": facts.control_id if facts else None,
+        "sender": facts.sender if facts else None,
+        "sending_application": facts.sending_application if facts else None,
+        "sending_facility": facts.sending_facility if facts else None,
+        "message_type": facts.message_type if facts else None,
+        "version": facts.version if facts else None,
+        "processing_id": facts.processing_id if facts else None,
+        "status": facts.result_status if facts else None,
+        "orders": [],
+        "documents": [],
+        "recipients": [],
+        "warnings": list(facts.warnings) if facts else [],
+    }
+    if error is not None:
+        out["error"] = {
+            "type": type(error).__name__,
+            "ack_code": error.ack_code,
+            "hl7_code": error.hl7_code,
+            "location": str(error.location) if error.location else None,
+            "reason": error.reason,
+        }
+        return out
+    assert facts is not None
+    out["orders"] = [
+        {
+            "sequence": order.sequence,
+            "placer": order.placer,
+            "filler": order.filler,
+            "service": order.service,
+            "status": order.status,
+            "observations": order.observations,
+            "observation_statuses": list(order.observation_statuses),
+        }
+        for order in facts.orders
+    ]
+    out["documents"] = [
+        {
+            "set_id": document.set_id,
+            "order": document.order,
+            "code": document.code,
+            "mime_type": document.mime_type,
+            "encoding": document.encoding,
+            "size": document.size,
+        }
+        for document in facts.documents
+    ]
+    resolutions = {id(item.participant): item for item in routed or []}
+    for participant in facts.participants:
+        entry: dict[str, Any] = {
+            "id_type": participant.id_type,
+            "id": participant.id,
+            "authority": participant.identifier.authority if participant.identifier else None,
+            "name": participant.name or None,
+            "kind": participant.kind,
+            "roles": list(participant.roles),
+            "sources": list(participant.sources),
+            "address": participant.address or None,
+            "problems": list(participant.problems),
+        }
+        item = resolutions.get(id(participant))
+        if item is not None:
+            entry["directory"] = {
+                "known": item.known,
+                "key": item.resolution.recipient_key,
+                "channels": list(item.resolution.channels),
+                "reason": item.resolution.reason or None,
+            }
+        else:
+            entry["directory"] = None
+        out["recipients"].append(entry)
+    return out
+
+
+def describe(path: Path, result: IntakeResult, routed: list[RoutedRecipient] | None) -> str:
+    """The human form: one header line per message, one line per recipient."""
+    facts = result.facts
+    if result.error is not None or facts is None:
+        error = result.error
+        assert error is not None
+        return (
+            f"{path} #{result.index}: REJECTED {error.ack_code} ({type(error).__name__}): {error}"
+        )
+    lines = [
+        f"{path} #{result.index}: {facts.message_type} v{facts.version}"
+        f"  control {facts.control_id}  from {facts.sender}"
+        + (f" ({facts.sending_application})" if facts.sending_application else "")
+        + f"  status {facts.result_status or 'unknown'}"
+        + f"  {len(facts.orders)} order(s), {len(facts.documents)} document(s)"
+    ]
+    resolutions = {id(item.participant): item for item in routed or []}
+    if not facts.participants:
+        lines.append("    no recipient named in ORC-12, OBR-16, OBR-28, PV1-8 or PRT")
+    for participant in facts.participants:
+        identity = (
+            f"{participant.id_type} {participant.id}"
+            if participant.identifier
+            else "(no identifier)"
+        )
+        line = (
+            f"    {identity:<24} {participant.name or '(no name)':<24}"
+            f" {','.join(participant.roles):<18} {participant.address}"
+        ).rstrip()
+        item = resolutions.get(id(participant))
+        if item is not None:
+            line += (
+                f"  [directory: {item.resolution.recipient_key}]"
+                if item.known
+                else f"  [not in directory: {item.resolution.reason}]"
+            )
+        lines.append(line)
+        lines.extend(f"        ! {problem}" for problem in participant.problems)
+    lines.extend(f"    warning: {warning}" for warning in facts.warnings)
+    return "\n".join(lines)
