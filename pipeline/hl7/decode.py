@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pipeline.hl7.errors import (
-    IntakeError,
     Location,
     NotHL7,
     UndecodableMessage,
@@ -95,7 +94,6 @@ class RawMessage:
     had_bom: bool = False
     batch: str = ""  # batch control ID (BHS-11) or file control ID (FHS-11), if any
     decoded_as: str = ""  # set when the whole file was UTF-16/32 with a BOM
-    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -134,7 +132,6 @@ def split_messages(data: bytes) -> Iterator[RawMessage]:
     current: list[bytes] = []
     bom = False
     batch_id = ""
-    notes: list[str] = []
 
     def flush() -> RawMessage | None:
         nonlocal current, bom
@@ -146,7 +143,6 @@ def split_messages(data: bytes) -> Iterator[RawMessage]:
             had_bom=bom,
             batch=batch_id,
             decoded_as=decoded_as,
-            notes=tuple(notes),
         )
         current, bom = [], False
         return chunk
@@ -204,7 +200,7 @@ def decode_message(raw: RawMessage) -> DecodedMessage:
         raise NotHL7(_not_hl7_reason(raw.data))
     first_line = raw.data.split(b"\r", 1)[0]
     declared = declared_charset(first_line)
-    warnings = list(raw.notes)
+    warnings: list[str] = []
 
     if raw.decoded_as:
         codec = raw.decoded_as
@@ -214,13 +210,7 @@ def decode_message(raw: RawMessage) -> DecodedMessage:
                 Location("MSH", field=18),
             )
         return DecodedMessage(
-            raw.index,
-            raw.data,
-            raw.data.decode("utf-8"),
-            codec,
-            declared,
-            raw.batch,
-            tuple(warnings),
+            raw.index, raw.data, raw.data.decode("utf-8"), codec, declared, raw.batch
         )
 
     if declared:
@@ -290,12 +280,3 @@ def _not_hl7_reason(data: bytes) -> str:
         "no MSH segment at the start: this is not an HL7 v2 message"
         f" (starts with {data[:12].decode('latin-1')!r})"
     )
-
-
-def read_messages(data: bytes) -> Iterator[DecodedMessage | tuple[RawMessage, IntakeError]]:
-    """Every message in `data`, decoded, or paired with the reason it could not be."""
-    for raw in split_messages(data):
-        try:
-            yield decode_message(raw)
-        except IntakeError as error:
-            yield raw, error

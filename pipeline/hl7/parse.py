@@ -36,12 +36,11 @@ _MISSPELT_NAME = re.compile(r"[A-Z][A-Za-z0-9]{0,3}")
 #: C0 controls but CR and tab, DEL, and C1 controls (what cp1252 punctuation becomes when a
 #: sender declares 8859/1 but writes Windows-1252: refused rather than delivered garbled).
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-#: Every byte but the C0 controls and DEL: deleting these leaves only the bytes
-#: `_CONTROL_CHARACTERS` would find as C0, ~8x faster than the regex on a 300 KB message.
+#: Every byte but the C0 controls (tab and CR aside) and DEL: deleting these leaves only
+#: bytes `_CONTROL_CHARACTERS` would find, ~8x faster than the regex on a 300 KB message.
 #: (These bytes never occur inside multi-byte characters of the charsets we decode.)
-_NOT_C0_BYTES = bytes(
-    byte for byte in range(256) if not _CONTROL_CHARACTERS.match(chr(byte)) or byte >= 0x80
-)
+_C0_BYTES = (set(range(0x20)) - {0x09, 0x0D}) | {0x7F}
+_NOT_C0_BYTES = bytes(byte for byte in range(256) if byte not in _C0_BYTES)
 _NOT_C1_BYTES = bytes(byte for byte in range(256) if not 0x80 <= byte <= 0x9F)
 _UTF8_C1_LEAD = b"\xc2"  # U+0080..U+00BF in UTF-8; C1 controls are U+0080..U+009F
 

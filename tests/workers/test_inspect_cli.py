@@ -126,8 +126,9 @@ def test_human_output_lists_recipients_and_directory_state(
     out = capsys.readouterr().out
     assert status == 0
     assert "control LBC-2026-000101" in out and "status final" in out
-    assert "[directory: sophie.martin]" in out
-    assert "[directory: helene.dupont]" in out
+    assert "directory: sophie.martin" in out
+    assert "directory: helene.dupont" in out
+    assert "NOT IN DIRECTORY" not in out
 
 
 def test_strict_adds_hl7apy_conformance_findings(capsys: pytest.CaptureFixture[str]) -> None:

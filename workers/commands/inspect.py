@@ -202,18 +202,18 @@ def describe(path: Path, result: IntakeResult, routed: list[RoutedRecipient] | N
             if participant.identifier
             else "(no identifier)"
         )
-        line = (
-            f"    {identity:<24} {participant.name or '(no name)':<24}"
-            f" {','.join(participant.roles):<18} {participant.address}"
-        ).rstrip()
+        name = participant.name or "(no name)"
+        line = f"    {identity:<24} {name:<22} {','.join(participant.roles):<19}"
         item = resolutions.get(id(participant))
         if item is not None:
             line += (
-                f"  [directory: {item.resolution.recipient_key}]"
+                f" directory: {item.resolution.recipient_key}"
                 if item.known
-                else f"  [not in directory: {item.resolution.reason}]"
+                else f" NOT IN DIRECTORY ({item.resolution.reason})"
             )
-        lines.append(line)
+        if participant.address:
+            line += f"  <{participant.address}>"
+        lines.append(line.rstrip())
         lines.extend(f"        ! {problem}" for problem in participant.problems)
     lines.extend(f"    warning: {warning}" for warning in facts.warnings)
     return "\n".join(lines)

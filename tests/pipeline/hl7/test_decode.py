@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,6 @@ from pipeline.hl7.decode import (
     DecodedMessage,
     RawMessage,
     decode_message,
-    read_messages,
     split_messages,
 )
 from pipeline.hl7.errors import (
@@ -48,6 +48,15 @@ def oru(control: str = "CTRL-1", charset: str = "UNICODE UTF-8", name: str = "DU
         )
         + "\r"
     )
+
+
+def read_messages(data: bytes) -> Iterator[DecodedMessage | tuple[RawMessage, IntakeError]]:
+    """Every message of `data` decoded, or paired with the reason it was refused."""
+    for raw in split_messages(data):
+        try:
+            yield decode_message(raw)
+        except IntakeError as error:
+            yield raw, error
 
 
 def decoded(data: bytes) -> list[DecodedMessage]:
