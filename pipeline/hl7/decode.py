@@ -70,6 +70,13 @@ CHARSETS: dict[str, str] = {
     "GB18030-2000": "gb18030",
     "KSX1001": "euc_kr",
     "BIG-5": "big5",
+    # Not table 0211, but unambiguous names senders write: explicit, so read as declared.
+    **{f"ISO-8859-{n}": f"iso8859-{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 15)},
+    **{f"ISO8859-{n}": f"iso8859-{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 15)},
+    "LATIN1": "iso8859-1",
+    "LATIN-1": "iso8859-1",
+    "WINDOWS-1252": "cp1252",
+    "CP1252": "cp1252",
 }
 
 

@@ -14,8 +14,21 @@ from typing import Any
 
 from hl7apy import load_library
 
-#: Versions we accept results in (hl7apy knows 2.1 onwards; ORU^R01 as we route it is ≥ 2.3).
-SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.8", "2.8.1", "2.8.2")
+#: Versions we accept results in. hl7apy knows 2.1 onwards; from 2.2 on, ORU^R01 carries
+#: its providers in the same component positions (CN, then XCN), so we read them alike.
+SUPPORTED_VERSIONS = (
+    "2.2",
+    "2.3",
+    "2.3.1",
+    "2.4",
+    "2.5",
+    "2.5.1",
+    "2.6",
+    "2.7",
+    "2.8",
+    "2.8.1",
+    "2.8.2",
+)
 
 #: Segments profiles back-port into earlier versions, with the version that defines them.
 #: PRT (participation, v2.7) carries result recipients in the French ANS CI-SIS profile on 2.5.

@@ -423,3 +423,17 @@ def test_decode_errors_carry_ack_and_hl7_codes(name: str) -> None:
     assert error.ack_code in {"AE", "AR"}
     assert len(error.hl7_code) == 3 and error.hl7_code.isdigit()
     assert error.reason
+
+
+@pytest.mark.parametrize("declared", ["ISO-8859-1", "ISO8859-1", "LATIN1", "8859/1", "ISO_IR 100"])
+def test_common_latin1_spellings_in_msh18_are_read_as_declared(declared: str) -> None:
+    data = oru(charset=declared, name="Hélène").encode("latin-1")
+    [message] = decoded(data)
+    assert "Hélène" in message.text
+    assert message.charset == "iso8859-1"
+
+
+def test_windows_1252_declared_reads_curly_apostrophe() -> None:
+    data = oru(charset="WINDOWS-1252", name="O\u2019BRIEN").encode("cp1252")
+    [message] = decoded(data)
+    assert "O\u2019BRIEN" in message.text

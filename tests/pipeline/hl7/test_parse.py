@@ -95,7 +95,9 @@ def test_fixture_message_is_parsed_with_its_header() -> None:
     assert message.warnings == []
 
 
-@pytest.mark.parametrize("version", ["2.3", "2.3.1", "2.4", "2.5", "2.5.1"])
+@pytest.mark.parametrize(
+    "version", ["2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.8.2"]
+)
 def test_simple_oru_r01_accepted_in_version(version: str) -> None:
     message = parse_text(oru(version=version))
     assert message.version == version
@@ -360,7 +362,7 @@ def test_header_checks_come_before_segment_checks() -> None:
 
 def test_unsupported_version_reported_before_unknown_segment() -> None:
     with pytest.raises(UnsupportedVersion):
-        parse_text(oru("QQQ|1", version="2.2"))
+        parse_text(oru("QQQ|1", version="2.1"))
 
 
 def test_message_type_checked_before_control_id() -> None:

@@ -368,3 +368,41 @@ def test_extract_participants_marks_pid_identifier_as_patient() -> None:
     [patient] = extract_participants(message, frozenset({patient_id}))
     assert patient.kind == PATIENT_KIND
     assert patient.roles == (PATIENT,)
+
+
+def test_v22_cn_providers_are_read_like_xcn() -> None:
+    def segment(name: str, fields: dict[int, str]) -> str:
+        return "|".join([name] + [fields.get(n, "") for n in range(1, max(fields) + 1)])
+
+    text = (
+        "\r".join(
+            [
+                "MSH|^~\\&|LIS|OLDLAB|||19990101||ORU^R01|OLD-1|P|2.2",
+                segment("PID", {3: "P1", 5: "DOE^JOHN"}),
+                segment("PV1", {1: "1", 2: "O", 8: "D77^REFER^ROSE"}),
+                segment("ORC", {1: "RE", 2: "A1", 3: "B1", 12: "D42^WELBY^MARCUS"}),
+                segment(
+                    "OBR",
+                    {
+                        1: "1",
+                        2: "A1",
+                        3: "B1",
+                        4: "GLU^GLUCOSE",
+                        16: "D42^WELBY^MARCUS",
+                        25: "F",
+                        28: "D99^COPY^CARL",
+                    },
+                ),
+                segment("OBX", {1: "1", 2: "NM", 3: "GLU^GLUCOSE", 5: "5.2", 11: "F"}),
+            ]
+        )
+        + "\r"
+    )
+    (result,) = list(read_results(text.encode()))
+    assert result.facts is not None, result.error
+    got = [(p.id_type, p.id, p.name, p.roles) for p in result.facts.participants]
+    assert got == [
+        ("LOCAL", "D77", "REFER ROSE", ("referring",)),
+        ("LOCAL", "D42", "WELBY MARCUS", ("ordering",)),
+        ("LOCAL", "D99", "COPY CARL", ("copy_to",)),
+    ]
