@@ -1,7 +1,8 @@
 """Strict conformance notes from hl7apy, for people diagnosing a laboratory's feed.
 
 Intake accepts what it can route safely; this goes further and asks hl7apy to parse each
-segment strictly against its version's definition (PRT against 2.7, where it is defined):
+segment strictly against its version's definition (a back-ported PRT, or a segment from a
+later version, against the version that defines it):
 data types, lengths, component counts, table-coded dates. A shifted OBR (a missing "|"),
 a text too long for its field, a date that is not a date: each becomes one line an ops
 engineer can show the lab. It costs milliseconds per segment, so it runs on demand
@@ -34,7 +35,10 @@ def strict_findings(message: Hl7Message) -> list[str]:
             continue
         version = message.version
         if segment.name not in reference.native_segments(version):
-            version = reference.BACKPORTED_SEGMENTS.get(segment.name, version)
+            # Back-ported or later-version segments: check them against their own version.
+            version = reference.BACKPORTED_SEGMENTS.get(segment.name) or (
+                reference.first_defined_in(segment.name) or version
+            )
         label = segment.name if segment.sequence == 1 else f"{segment.name}[{segment.sequence}]"
         try:
             parsed = parse_segment(

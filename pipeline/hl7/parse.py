@@ -225,24 +225,34 @@ def parse(decoded: DecodedMessage) -> Hl7Message:
 
     allowed = reference.structure_segments(version, structure)
     outside: list[str] = []
+    later: list[str] = []
     for segment in segments[1:]:
-        if not reference.is_defined_segment(version, segment.name):
+        name = segment.name
+        if reference.is_defined_segment(version, name):
+            if (
+                allowed
+                and name not in allowed
+                and not name.startswith("Z")
+                and (name not in reference.BACKPORTED_SEGMENTS and name not in outside)
+            ):
+                outside.append(name)
+        elif reference.is_known_segment(name):
+            if name not in later:
+                later.append(name)
+        else:
             raise UnknownSegment(
-                f"segment {segment.name!r} (line {segment.line}) is not defined in HL7"
-                f" {version}; only {version} segments and Z-segments are accepted",
-                Location(segment.name, segment.sequence),
+                f"segment {name!r} (line {segment.line}) is not an HL7 segment: no HL7"
+                " version defines it, and it is not a Z-segment",
+                Location(name, segment.sequence),
             )
-        if (
-            allowed
-            and segment.name not in allowed
-            and not segment.name.startswith("Z")
-            and segment.name not in reference.BACKPORTED_SEGMENTS
-            and segment.name not in outside
-        ):
-            outside.append(segment.name)
     if outside:
         warnings.append(
             f"segments not part of {structure} in HL7 {version} were ignored: " + ", ".join(outside)
+        )
+    if later:
+        warnings.append(
+            f"segments from later HL7 versions than {version} were ignored: "
+            + ", ".join(f"{name} (HL7 {reference.first_defined_in(name)})" for name in later)
         )
     if not any(segment.name == "OBR" for segment in segments):
         raise MissingSegment(

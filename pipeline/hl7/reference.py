@@ -31,7 +31,8 @@ SUPPORTED_VERSIONS = (
 )
 
 #: Segments profiles back-port into earlier versions, with the version that defines them.
-#: PRT (participation, v2.7) carries result recipients in the French ANS CI-SIS profile on 2.5.
+#: PRT (participation, v2.7) carries result recipients in the French ANS CI-SIS profile on
+#: 2.5; we read it in any version, since its meaning does not depend on the message's.
 BACKPORTED_SEGMENTS = {"PRT": "2.7"}
 
 #: Table numbers we check values against.
@@ -51,11 +52,17 @@ def native_segments(version: str) -> frozenset[str]:
 
 @cache
 def defined_segments(version: str) -> frozenset[str]:
-    """Segment names the version defines, plus those profiles back-port into it (≥ 2.5)."""
-    names = set(native_segments(version))
-    if version >= "2.5":
-        names.update(BACKPORTED_SEGMENTS)
-    return frozenset(names)
+    """Segment names the version defines, plus those profiles back-port into it."""
+    return native_segments(version) | frozenset(BACKPORTED_SEGMENTS)
+
+
+@cache
+def first_defined_in(name: str) -> str | None:
+    """The earliest supported version defining segment `name`, None if no version does."""
+    for version in SUPPORTED_VERSIONS:
+        if name in native_segments(version):
+            return version
+    return None
 
 
 @cache
@@ -90,3 +97,8 @@ def table_codes(version: str, table: str) -> frozenset[str]:
 
 def is_defined_segment(version: str, name: str) -> bool:
     return name.startswith("Z") or name in defined_segments(version)
+
+
+def is_known_segment(name: str) -> bool:
+    """Defined by some HL7 version (or a Z-segment): a real segment, if perhaps misplaced."""
+    return name.startswith("Z") or first_defined_in(name) is not None

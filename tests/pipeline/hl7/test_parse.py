@@ -135,12 +135,20 @@ def test_prt_is_accepted_in_2_5_without_warning() -> None:
     assert message.warnings == []
 
 
-def test_prt_is_an_unknown_segment_in_2_3() -> None:
-    # The PRT back-port is a French v2.5 profile: in 2.3 PRT is not a segment.
-    with pytest.raises(UnknownSegment) as caught:
-        parse_text(oru("PRT||UC||RCT^^participation|123^DOC^Ann", version="2.3"))
-    assert caught.value.location is not None
-    assert caught.value.location.segment == "PRT"
+def test_prt_is_read_in_2_3_too_without_a_warning() -> None:
+    # PRT means the same in any message that carries it, so the back-port is not limited
+    # to the 2.5 profile that made it common.
+    message = parse_text(oru("PRT||UC||RCT^^participation|123^DOC^Ann", version="2.3"))
+    assert "PRT" in [s.name for s in message.segments]
+    assert message.warnings == []
+
+
+def test_segment_from_a_later_version_is_a_warning_naming_that_version() -> None:
+    message = parse_text(oru("SPM|1|SP-1||BLD^Blood", version="2.4"))
+    assert "SPM" in [s.name for s in message.segments]
+    assert message.warnings == [
+        "segments from later HL7 versions than 2.4 were ignored: SPM (HL7 2.5)"
+    ]
 
 
 def test_segment_outside_oru_r01_is_a_warning_not_an_error() -> None:
@@ -242,12 +250,12 @@ def test_misspelt_segment_name_is_unknown_segment() -> None:
     assert caught.value.location.segment == "I"
 
 
-def test_undefined_segment_is_unknown_in_2_5() -> None:
+def test_segment_no_version_defines_is_unknown() -> None:
     with pytest.raises(UnknownSegment) as caught:
         parse_text(oru("QQQ|1|x"))
     assert caught.value.location is not None
     assert caught.value.location.segment == "QQQ"
-    assert "2.5" in caught.value.reason
+    assert "no HL7 version defines it" in caught.value.reason
 
 
 def test_no_obr_is_missing_segment() -> None:
