@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from pipeline.hl7.decode import charset_codec, declared_charset
 from pipeline.hl7.errors import IntakeError, Location
-from pipeline.hl7.parse import Hl7Message, read_delimiters
+from pipeline.hl7.parse import Hl7Message, read_msh
 from pipeline.hl7.segments import DEFAULT_DELIMITERS, Delimiters, Segment, escape
 
 ACCEPT = "AA"
@@ -76,17 +76,16 @@ class AckContext:
         text = data.decode("latin-1") if isinstance(data, bytes) else data
         text = text.removeprefix("\x0b").removeprefix("\xef\xbb\xbf")  # MLLP start, UTF-8 BOM
         text = text.replace("\r\n", "\r").replace("\n", "\r")
-        line = text.split("\r", 1)[0]
         try:
-            delimiters = read_delimiters(line)
+            msh = read_msh(text)
         except IntakeError:
             return cls()
-        charset = declared_charset(line.encode("latin-1", "replace"))
+        charset = declared_charset(msh.text.encode("latin-1", "replace"))
         try:
             charset_codec(charset) if charset else None
         except IntakeError:
             charset = ""
-        return cls._from_msh(Segment(line, delimiters, 1, 1), charset)
+        return cls._from_msh(msh, charset)
 
     @classmethod
     def _from_msh(cls, msh: Segment, charset: str) -> AckContext:

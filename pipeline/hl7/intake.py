@@ -14,7 +14,8 @@ from pipeline.hl7.ack import ACCEPT, AckContext, AckIssue, build_ack
 from pipeline.hl7.decode import RawMessage, decode_message, split_messages
 from pipeline.hl7.errors import IntakeError
 from pipeline.hl7.facts import RoutingFacts, extract_facts
-from pipeline.hl7.parse import Hl7Message, parse
+from pipeline.hl7.parse import Hl7Message, parse, read_msh
+from pipeline.hl7.segments import Segment
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,17 @@ class IntakeResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def msh(self) -> Segment | None:
+        """The header, even of a refused message when its separators are readable, so the
+        laboratory can be told which message (control ID, type) was refused."""
+        if self.message is not None:
+            return self.message.msh
+        try:
+            return read_msh(self.data.decode("latin-1"))
+        except IntakeError:
+            return None
 
     def ack(self) -> str:
         """AA (with warnings as ERR severity W), or AE / AR naming the reason."""

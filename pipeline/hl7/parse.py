@@ -120,6 +120,11 @@ def read_delimiters(text: str) -> Delimiters:
     )
 
 
+def read_msh(text: str) -> Segment:
+    """The first line as the MSH segment, split with the separators it declares."""
+    return Segment(text.split("\r", 1)[0], read_delimiters(text), 1, 1)
+
+
 def split_segments(text: str, delimiters: Delimiters) -> list[Segment]:
     """Every line must open with a segment name: anything else is a broken or wrapped line."""
     segments: list[Segment] = []
@@ -164,9 +169,9 @@ def _may_hold_controls(decoded: DecodedMessage) -> bool:
 def parse(decoded: DecodedMessage) -> Hl7Message:
     """Check the structure of one decoded message and read its header."""
     text = decoded.text
-    delimiters = read_delimiters(text)
     # The header first: "we do not take ADT" is the answer that matters, whatever follows.
-    msh = Segment(text.split("\r", 1)[0], delimiters, 1, 1)
+    msh = read_msh(text)
+    delimiters = msh.delimiters
     warnings = list(decoded.warnings)
 
     message_code = msh.value(9, 1).strip()

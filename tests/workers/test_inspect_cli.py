@@ -74,6 +74,8 @@ def test_rejected_message_names_file_index_and_reason_on_stderr_and_exits_1(
     assert [record["ok"] for record in records] == [True, False]
     assert records[1]["error"]["type"] == "UndecodableMessage"  # type: ignore[index]
     assert records[1]["error"]["location"] == "PID-5"  # type: ignore[index]
+    assert records[1]["control_id"] == "BAD-UTF8"  # read from the refused message's MSH
+    assert records[1]["sender"] == "LABO-BIO-CENTRE"
     assert err.startswith(f"{bad}: message 1: rejected (AR 102 UndecodableMessage): PID-5: ")
 
 

@@ -118,6 +118,15 @@ def record(
         "warnings": list(facts.warnings) if facts else [],
     }
     if error is not None:
+        msh = result.msh
+        if msh is not None:  # what the refused message says of itself, for the lab to find it
+            out["control_id"] = msh.value(10).strip() or None
+            out["sender"] = msh.value(4).strip() or msh.value(3).strip() or None
+            out["sending_application"] = msh.value(3).strip() or None
+            out["sending_facility"] = msh.value(4).strip() or None
+            kind = "^".join(part for part in (msh.value(9, 1), msh.value(9, 2)) if part)
+            out["message_type"] = kind or None
+            out["version"] = msh.value(12).strip() or None
         out["error"] = {
             "type": type(error).__name__,
             "ack_code": error.ack_code,
@@ -183,8 +192,11 @@ def describe(path: Path, result: IntakeResult, routed: list[RoutedRecipient] | N
     if result.error is not None or facts is None:
         error = result.error
         assert error is not None
+        msh = result.msh
+        control = f" control {msh.value(10).strip()}" if msh is not None and msh.value(10) else ""
         return (
-            f"{path} #{result.index}: REJECTED {error.ack_code} ({type(error).__name__}): {error}"
+            f"{path} #{result.index}:{control} REJECTED {error.ack_code}"
+            f" ({type(error).__name__}): {error}"
         )
     lines = [
         f"{path} #{result.index}: {facts.message_type} v{facts.version}"
