@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from pipeline.recipients import directory_csv
+from pipeline.recipients import directory_store
 from pipeline.recipients.directory_csv import ImportReport, RowError, import_directory
 from pipeline.recipients.errors import UnreadableDirectoryFile
 from pipeline.recipients.models import (
@@ -354,14 +354,14 @@ def test_a_column_left_out_leaves_that_part_untouched(
 def test_a_row_the_database_refuses_is_rolled_back_alone(
     session: Session, directory_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    apply = directory_csv._apply
+    apply = directory_store._apply
 
     def refuse_bernard(session: Session, recipient: Recipient, plan: Any, *rest: Any) -> None:
         apply(session, recipient, plan, *rest)
         if plan.key == "dr-bernard":
             raise IntegrityError("INSERT ...", {}, Exception("simulated constraint failure"))
 
-    monkeypatch.setattr(directory_csv, "_apply", refuse_bernard)
+    monkeypatch.setattr(directory_store, "_apply", refuse_bernard)
 
     report = import_directory(session, directory_dir / "valid.csv")
     session.commit()
@@ -391,7 +391,7 @@ def test_missing_file_is_a_readable_error(session: Session, tmp_path: Path) -> N
 def test_an_identifier_freed_by_an_earlier_row_can_be_taken_by_a_later_one(
     session: Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int
 ) -> None:
-    monkeypatch.setattr(directory_csv, "BATCH", batch)
+    monkeypatch.setattr(directory_store, "BATCH", batch)
     import_directory(
         session,
         write(tmp_path, "before.csv", HEADER + "dr-a,clinician,Dr A,,RPPS:10000000001,,,\n"),
