@@ -10,6 +10,7 @@ with the segment and field where the first bad byte sits.
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from pipeline.hl7.segments import locate_offset
 MLLP_START = b"\x0b"
 MLLP_END = b"\x1c"
 UTF8_BOM = codecs.BOM_UTF8
+SEGMENT_NAME_BYTES = re.compile(rb"[A-Z][A-Z0-9]{2}")
 BATCH_HEADERS = (b"FHS", b"BHS")
 #: Byte-order marks of the wide encodings; UTF-32 LE first, its mark starts like UTF-16 LE's.
 WIDE_BOMS = (
@@ -101,6 +103,7 @@ class RawMessage:
     had_bom: bool = False
     batch: str = ""  # batch control ID (BHS-11) or file control ID (FHS-11), if any
     decoded_as: str = ""  # set when the whole file was UTF-16/32 with a BOM
+    notes: tuple[str, ...] = ()  # what was normalised on the way, for the lab to see
 
 
 @dataclass(frozen=True)
@@ -133,15 +136,16 @@ def split_messages(data: bytes) -> Iterator[RawMessage]:
             break
     if MLLP_START in data or MLLP_END in data:
         data = data.replace(MLLP_START, b"").replace(MLLP_END, b"\r")
-    data = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+    data = data.rstrip(b"\x1a\x00")  # DOS end-of-file mark, NUL padding of exports
 
     index = 0
     current: list[bytes] = []
+    notes: list[str] = []
     bom = False
     batch_id = ""
 
     def flush() -> RawMessage | None:
-        nonlocal current, bom
+        nonlocal current, bom, notes
         if not current:
             return None
         chunk = RawMessage(
@@ -150,11 +154,21 @@ def split_messages(data: bytes) -> Iterator[RawMessage]:
             had_bom=bom,
             batch=batch_id,
             decoded_as=decoded_as,
+            notes=tuple(notes),
         )
-        current, bom = [], False
+        current, bom, notes = [], False, []
         return chunk
 
-    for line in data.split(b"\r"):
+    for line, after_lf in _lines(data):
+        if after_lf and current and not _starts_segment(line, current[0]):
+            # A bare LF inside a field of a CR-separated message: a line break in the text.
+            escape = current[0][6:7] or b"\\"
+            current[-1] += escape + b".br" + escape + line
+            segment = current[-1][:3].decode("ascii", "replace")
+            note = f"a line feed inside {segment} was read as a line break in the text"
+            if note not in notes:
+                notes.append(note)
+            continue
         line_bom = line.startswith(UTF8_BOM)
         if line_bom:
             line = line[len(UTF8_BOM) :]
@@ -179,6 +193,35 @@ def split_messages(data: bytes) -> Iterator[RawMessage]:
     chunk = flush()
     if chunk is not None:
         yield chunk
+
+
+_LINE_END = re.compile(rb"(\r\n|\r|\n)")
+
+
+def _lines(data: bytes) -> Iterator[tuple[bytes, bool]]:
+    """Each line, and whether a bare LF ended the line before it in a CR-separated file.
+
+    Segments end with CR, LF or CRLF, whichever the sender uses. Only when a file ends its
+    segments with CR and also holds bare LFs can an LF be a line break inside a field.
+    """
+    if b"\n" not in data or b"\r" not in data.replace(b"\r\n", b""):
+        for line in data.replace(b"\r\n", b"\r").replace(b"\n", b"\r").split(b"\r"):
+            yield line, False
+        return
+    parts = _LINE_END.split(data)
+    yield parts[0], False
+    for position in range(1, len(parts), 2):
+        yield parts[position + 1], parts[position] == b"\n"
+
+
+def _starts_segment(line: bytes, msh: bytes) -> bool:
+    """A segment name followed by this message's field separator (or nothing)."""
+    separator = msh[3:4] or b"|"
+    return (
+        len(line) >= 3
+        and SEGMENT_NAME_BYTES.fullmatch(line[:3]) is not None
+        and line[3:4] in (separator, b"")
+    )
 
 
 def _batch_control_id(line: bytes) -> str:
@@ -207,7 +250,7 @@ def decode_message(raw: RawMessage) -> DecodedMessage:
         raise NotHL7(_not_hl7_reason(raw.data))
     first_line = raw.data.split(b"\r", 1)[0]
     declared = declared_charset(first_line)
-    warnings: list[str] = []
+    warnings = list(raw.notes)
 
     if raw.decoded_as:
         codec = raw.decoded_as

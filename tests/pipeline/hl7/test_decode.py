@@ -21,6 +21,7 @@ from pipeline.hl7.errors import (
     UndecodableMessage,
     UnsupportedCharacterSet,
 )
+from pipeline.hl7.intake import read_results
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "hl7"
 BOM = codecs.BOM_UTF8
@@ -437,3 +438,37 @@ def test_windows_1252_declared_reads_curly_apostrophe() -> None:
     data = oru(charset="WINDOWS-1252", name="O\u2019BRIEN").encode("cp1252")
     [message] = decoded(data)
     assert "O\u2019BRIEN" in message.text
+
+
+# --- line feeds inside fields, end-of-file marks ----------------------------------------------
+
+
+def test_bare_lf_inside_a_field_of_a_cr_message_is_a_line_break_in_the_text() -> None:
+    text = oru().replace("GLU^Glucose|||", "GLU^Glucose\nfasting|||", 1)
+    (result,) = list(read_results(text.encode()))
+    assert result.message is not None, result.error
+    obr = result.message.first("OBR")
+    assert obr is not None
+    assert obr.value(4, 2) == "Glucose\nfasting"
+    assert result.facts is not None
+    assert any("line feed inside OBR" in warning for warning in result.facts.warnings)
+
+
+def test_lf_before_a_segment_name_still_ends_a_segment_in_a_cr_message() -> None:
+    text = oru().replace("\rOBX|", "\nOBX|", 1)
+    (result,) = list(read_results(text.encode()))
+    assert result.message is not None, result.error
+    assert [s.name for s in result.message.segments] == ["MSH", "PID", "OBR", "OBX"]
+    assert result.facts is not None and result.facts.warnings == ()
+
+
+def test_line_wrapped_with_crlf_in_a_crlf_file_is_still_refused() -> None:
+    text = oru().replace("GLU^Glucose|||", "GLU^Glu\rcose|||", 1).replace("\r", "\r\n")
+    (result,) = list(read_results(text.encode()))
+    assert isinstance(result.error, errors.BrokenLine)
+
+
+def test_trailing_dos_end_of_file_mark_and_nul_padding_are_ignored() -> None:
+    data = oru().encode() + b"\x1a" + b"\x00" * 16
+    (result,) = list(read_results(data))
+    assert result.ok, result.error
