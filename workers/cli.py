@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
 from pipeline.errors import LabdispatchError
 from workers.commands import directory, inspect
@@ -25,10 +26,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="labdispatch",
         description="Deliver laboratory results (HL7 v2 ORU^R01) to the clinicians who read them.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     inspect.register(commands)
     directory.register(commands)
     return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("labdispatch")
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -192,3 +192,21 @@ def test_output_cut_short_by_a_pipe_is_not_an_internal_error(tmp_path: Path) -> 
     assert run.stdout.count("\n") == 1
     assert "internal error" not in run.stderr and "Traceback" not in run.stderr
     assert run.stderr.strip().endswith("status 141")
+
+
+def test_dash_reads_the_message_from_standard_input(tmp_path: Path) -> None:
+    env = {**os.environ, "LABDISPATCH_VAR_DIR": str(tmp_path / "var")}
+    data = (EXAMPLES / "results" / "cr_bio_labo_bio_centre.hl7").read_bytes()
+
+    run = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "inspect", "--json", "--no-directory", "-"],
+        input=data,
+        capture_output=True,
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
+
+    assert run.returncode == 0, run.stderr
+    (record,) = _json_lines(run.stdout.decode())
+    assert record["file"] == "-" and record["control_id"] == "LBC-2026-000101"

@@ -32,7 +32,9 @@ def register(commands: Any) -> None:
         help="read HL7 files and show each result's sender, status and recipients",
         description=__doc__,
     )
-    parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    parser.add_argument(
+        "files", nargs="+", type=Path, metavar="FILE", help="HL7 files; - reads standard input"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per message per line")
     parser.add_argument(
         "--strict",
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     status = 0
     for path in args.files:
         try:
-            data = path.read_bytes()
+            data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
         except OSError as error:
             print(f"{path}: cannot read: {error.strerror or error}", file=sys.stderr)
             status = max(status, EXIT_UNREADABLE)
