@@ -164,17 +164,15 @@ def extract_participants(
             identifier, name, problems = read_person(components, delimiters)
             if identifier is None and not name:
                 continue
-            raw_id = component_value(components, 1, delimiters).strip()
             drafts.append(
                 _Draft(
-                    identifier,
-                    name,
-                    PERSON,
-                    [role],
-                    [_source(segment, number)],
-                    "",
-                    problems,
-                    raw_id,
+                    identifier=identifier,
+                    name=name,
+                    kind=PERSON,
+                    roles=[role],
+                    sources=[_source(segment, number)],
+                    problems=problems,
+                    raw_id=component_value(components, 1, delimiters).strip(),
                 )
             )
 
@@ -230,8 +228,16 @@ def _read_prt(segment: Segment, delimiters: Delimiters) -> _Draft | None:
         problems = []
     if identifier is None and not name and not address:
         return None
-    raw_id = component_value(segment.components(5), 1, delimiters).strip()
-    return _Draft(identifier, name, kind, [role], [source], address, problems, raw_id)
+    return _Draft(
+        identifier=identifier,
+        name=name,
+        kind=kind,
+        roles=[role],
+        sources=[source],
+        address=address,
+        problems=problems,
+        raw_id=component_value(segment.components(5), 1, delimiters).strip(),
+    )
 
 
 def _name_key(name: str) -> str:
