@@ -210,3 +210,13 @@ def test_dash_reads_the_message_from_standard_input(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     (record,) = _json_lines(run.stdout.decode())
     assert record["file"] == "-" and record["control_id"] == "LBC-2026-000101"
+
+
+def test_empty_file_says_so_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.hl7"
+    empty.write_bytes(b"\r\n\r\n")
+
+    status = main(["inspect", "--no-directory", str(empty)])
+
+    assert status == 1
+    assert capsys.readouterr().err == f"{empty}: no HL7 message in the file\n"

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from pipeline.db import open_database
 from pipeline.hl7.conformance import strict_findings
@@ -50,9 +50,14 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    sessions: sessionmaker[Session] | None = None
-    if not args.no_directory:
-        sessions = open_database(Settings.from_env())
+    if args.no_directory:
+        return inspect_files(args, None)
+    with open_database(Settings.from_env())() as session:
+        return inspect_files(args, session)
+
+
+def inspect_files(args: argparse.Namespace, session: Session | None) -> int:
+    """Report every message of every file; the exit status says whether any was refused."""
     status = 0
     for path in args.files:
         try:
@@ -61,15 +66,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"{path}: cannot read: {error.strerror or error}", file=sys.stderr)
             status = max(status, EXIT_UNREADABLE)
             continue
-        results = list(read_results(data))
-        if not results:
-            print(f"{path}: no HL7 message in the file", file=sys.stderr)
-            status = max(status, EXIT_REJECTED)
-        for result in results:
-            routed: list[RoutedRecipient] | None = None
-            if result.facts is not None and sessions is not None:
-                with sessions() as session:
-                    routed = route(session, result.facts)
+        seen = 0
+        for result in read_results(data):
+            seen += 1
+            routed = (
+                route(session, result.facts)
+                if result.facts is not None and session is not None
+                else None
+            )
             if result.error is not None:
                 status = max(status, EXIT_REJECTED)
                 print(
@@ -92,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
                 print(describe(path, result, routed))
                 for finding in findings or ():
                     print(f"    conformance: {finding}")
+        if not seen:
+            print(f"{path}: no HL7 message in the file", file=sys.stderr)
+            status = max(status, EXIT_REJECTED)
     return status
 
 
