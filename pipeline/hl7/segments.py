@@ -1,10 +1,10 @@
 """The HL7 v2 tokenizer: segments, fields, repetitions, components, and escapes.
 
-This is the hot path every result crosses, so it is plain string splitting done lazily
-(about 0.1 ms for a 15-segment ORU^R01, where a full hl7apy parse costs ~20 ms: see
-benchmarks/intake_cost.py). Field
-numbers follow HL7: `segment.field(n)` is SEG-n for every segment, MSH included, where
-MSH-1 is the field separator itself and MSH-2 the encoding characters.
+This is the hot path every result crosses, so it is plain string splitting done lazily:
+about 0.1 ms for a 15-segment ORU^R01, where a full hl7apy parse costs ~20 ms (see
+benchmarks/intake_cost.py). Field numbers follow HL7: `segment.field(n)` is SEG-n for every
+segment, MSH included, where MSH-1 is the field separator itself and MSH-2 the encoding
+characters.
 """
 
 from __future__ import annotations
