@@ -3,8 +3,9 @@
 The CSV is the operator's view of the directory: importing the same file twice changes
 nothing, and editing a row then re-importing it updates that recipient in place. One bad
 row never blocks the others: every row is checked completely before anything is written,
-then written in its own SAVEPOINT, and each problem is reported with the physical line of
-the file and the column, so the operator can find it in the spreadsheet.
+a row the database refuses is rolled back alone (see `directory_store`), and each problem
+is reported with the physical line of the file and the column, so the operator can find
+it in the spreadsheet.
 
 This module reads and checks the file; `directory_store` writes the rows that pass.
 
@@ -103,6 +104,7 @@ NATIONAL_VALUE_SHAPES: dict[str, tuple[re.Pattern[str], str]] = {
 }
 _MAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _KEY_FORBIDDEN = re.compile(r"[\s:=]")
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # tab, LF, CR allowed
 MAX_KEY = 64
 MAX_NAME = 200
 MAX_CODE = 64
@@ -230,6 +232,13 @@ def _plan_row(
         return None, errors
     row = dict(zip(columns, [cell.strip() for cell in cells], strict=False))
     row.update({name: "" for name in columns[len(cells) :]})
+    for column, cell in row.items():
+        control = _CONTROL_CHARACTERS.search(cell)
+        if control is not None:
+            # NUL and friends: invisible in a spreadsheet, refused by PostgreSQL, never meant.
+            problem(column, f"control character U+{ord(control.group()):04X} is not allowed")
+    if errors:
+        return None, errors
 
     key = row["key"]
     if not key:

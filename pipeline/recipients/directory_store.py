@@ -2,9 +2,11 @@
 
 `directory_csv` turns each row of the operator's file into a `RowPlan` once it has passed
 every check; this module makes the directory match those plans. A batch of rows is read in
-a few queries up front, and each row is written in its own SAVEPOINT, so a row the database
-refuses is rolled back alone. An identifier, local code or certificate that another
-recipient holds is reported against the row, never moved silently.
+a few queries up front and written in one SAVEPOINT with one flush. Should the database
+refuse anything in it, that SAVEPOINT is rolled back and the batch is written again one row
+per SAVEPOINT, so the row the database refuses is rolled back alone and the others are
+kept. An identifier, local code or certificate that another recipient holds is reported
+against the row, never moved silently.
 """
 
 from __future__ import annotations
@@ -101,10 +103,59 @@ def write_plans(session: Session, plans: Sequence[RowPlan], report: ImportReport
 
 def _write_batch(session: Session, plans: Sequence[RowPlan], report: ImportReport) -> None:
     """Write a batch of checked rows, reading what they touch in a few queries up front
-    (one query per row would make a directory of 70,000 clinicians take minutes)."""
-    stored = _stored_recipients(session, [plan.key for plan in plans])
+    (one query per row would make a directory of 70,000 clinicians take minutes).
+
+    The whole batch is tried in one SAVEPOINT first, flushed once so that each table's
+    rows go together (a SAVEPOINT and a flush per row cost several round trips a row).
+    If the database refuses anything, that attempt is rolled back and counts nothing, and
+    the batch is written again one row per SAVEPOINT, keeping every row it accepts."""
+    keys = [plan.key for plan in plans]
+    stored = _stored_recipients(session, keys)
     owners = _Owners.load(session, plans)
+    written = ImportReport()
+    try:
+        with session.begin_nested(), session.no_autoflush:
+            _write_rows(session, plans, stored, owners, written)
+            session.flush()
+    except (IntegrityError, DataError):
+        # The rollback dropped the recipients the attempt added and expired those it
+        # changed: read the batch again from the database, as if for the first time.
+        _forget(session, stored)
+        stored = _stored_recipients(session, keys, reload=True)
+        owners = _Owners.load(session, plans)
+        written = ImportReport()
+        _write_rows(session, plans, stored, owners, written, row_savepoints=True)
+    report.created += written.created
+    report.updated += written.updated
+    report.unchanged += written.unchanged
+    report.errors.extend(written.errors)
+    # Keep memory flat on large files: nothing here is needed once the batch is written.
+    _forget(session, stored)
+
+
+def _forget(session: Session, stored: dict[str, Recipient]) -> None:
+    for recipient in stored.values():
+        if recipient in session:
+            session.expunge(recipient)
+
+
+def _write_rows(
+    session: Session,
+    plans: Sequence[RowPlan],
+    stored: dict[str, Recipient],
+    owners: _Owners,
+    report: ImportReport,
+    *,
+    row_savepoints: bool = False,
+) -> None:
+    """Apply every plan of a batch, counting each in `report` and adding the recipients
+    it creates to `stored`. With `row_savepoints`, each row is flushed in its own
+    SAVEPOINT and a row the database refuses is reported and rolled back alone; without,
+    the caller flushes, and a refusal is its to handle."""
     labs: dict[str, Laboratory] = {}
+    # What earlier rows gave up and the next flush will delete: a row taking any of it
+    # must flush first, since a flush inserts a table's new rows before deleting any.
+    released: set[_Item] = set()
     for plan in plans:
         recipient = stored.get(plan.key)
         conflicts = owners.conflicts(plan)
@@ -115,33 +166,49 @@ def _write_batch(session: Session, plans: Sequence[RowPlan], report: ImportRepor
             report.unchanged += 1
             continue
         created = recipient is None
-        try:
-            with session.begin_nested():
-                if recipient is None:
-                    now = utcnow()
-                    recipient = Recipient(key=plan.key, created_at=now, updated_at=now)
-                    session.add(recipient)
-                else:
-                    recipient.updated_at = utcnow()
-                _apply(session, recipient, plan, labs)
-        except (IntegrityError, DataError) as error:
-            labs.clear()  # a laboratory created in the rolled-back row is gone too
-            reason = first_line(error.orig or error)
-            report.errors.append(RowError(plan.line, "", f"the database refused the row: {reason}"))
-            continue
+        if not row_savepoints:
+            if released and not released.isdisjoint(_items(plan)):
+                session.flush()
+                released.clear()
+            recipient = _write_row(session, recipient, plan, labs)
+        else:
+            try:
+                with session.begin_nested():
+                    recipient = _write_row(session, recipient, plan, labs)
+                    session.flush()
+            except (IntegrityError, DataError) as error:
+                labs.clear()  # a laboratory created in the rolled-back row is gone too
+                reason = first_line(error.orig or error)
+                report.errors.append(
+                    RowError(plan.line, "", f"the database refused the row: {reason}")
+                )
+                continue
         if created:
             report.created += 1
         else:
             report.updated += 1
-        owners.claim(plan)
+        released |= owners.claim(plan)
         stored[plan.key] = recipient
-    # Keep memory flat on large files: nothing here is needed once the batch is written.
-    for recipient in stored.values():
-        if recipient in session:
-            session.expunge(recipient)
 
 
-def _stored_recipients(session: Session, keys: list[str]) -> dict[str, Recipient]:
+def _write_row(
+    session: Session, recipient: Recipient | None, plan: RowPlan, labs: dict[str, Laboratory]
+) -> Recipient:
+    if recipient is None:
+        now = utcnow()
+        recipient = Recipient(key=plan.key, created_at=now, updated_at=now)
+        session.add(recipient)
+    else:
+        recipient.updated_at = utcnow()
+    _apply(session, recipient, plan, labs)
+    return recipient
+
+
+def _stored_recipients(
+    session: Session, keys: list[str], *, reload: bool = False
+) -> dict[str, Recipient]:
+    """The recipients named by `keys` with everything `_unchanged` and `_apply` read;
+    `reload` replaces whatever the session still holds of them with the stored rows."""
     found = session.scalars(
         select(Recipient)
         .where(Recipient.key.in_(keys))
@@ -151,6 +218,7 @@ def _stored_recipients(session: Session, keys: list[str]) -> dict[str, Recipient
             selectinload(Recipient.channels),
             selectinload(Recipient.certificates),
         )
+        .execution_options(populate_existing=reload)
     )
     return {recipient.key: recipient for recipient in found}
 
@@ -255,24 +323,43 @@ class _Owners:
                 )
         return errors
 
-    def claim(self, plan: RowPlan) -> None:
-        """Record that `plan.key` now holds exactly what its row lists."""
+    def claim(self, plan: RowPlan) -> set[_Item]:
+        """Record that `plan.key` now holds exactly what its row lists; return what it
+        gave up among what the batch mentions."""
+        given_up: set[_Item] = set()
         if plan.identifiers is not None:
-            _replace_owned(
-                self.identifiers, plan.key, {(i.id_type, i.value) for i in plan.identifiers}
-            )
+            held_ids = {(i.id_type, i.value) for i in plan.identifiers}
+            for id_type, value in _replace_owned(self.identifiers, plan.key, held_ids):
+                given_up.add(("identifier", id_type, value))
         if plan.local_codes is not None:
-            _replace_owned(self.local_codes, plan.key, set(plan.local_codes))
+            for lab, code in _replace_owned(self.local_codes, plan.key, set(plan.local_codes)):
+                given_up.add(("local_code", lab, code))
         if plan.certificates is not None:
-            _replace_owned(
-                self.certificates, plan.key, {c.fingerprint_sha256 for c in plan.certificates}
-            )
+            held_certs = {c.fingerprint_sha256 for c in plan.certificates}
+            for fingerprint in _replace_owned(self.certificates, plan.key, held_certs):
+                given_up.add(("certificate", fingerprint, ""))
+        return given_up
 
 
-def _replace_owned(owners: dict[K, str], key: str, held: set[K]) -> None:
-    for item in [item for item, owner in owners.items() if owner == key and item not in held]:
+#: An identifier, local code or certificate, one namespace for all three.
+_Item = tuple[str, str, str]
+
+
+def _items(plan: RowPlan) -> set[_Item]:
+    """The identifiers, local codes and certificates a row lists, as `claim` names them."""
+    items = {("identifier", i.id_type, i.value) for i in plan.identifiers or ()}
+    items.update(("local_code", lab, code) for lab, code in plan.local_codes or ())
+    items.update(("certificate", c.fingerprint_sha256, "") for c in plan.certificates or ())
+    return items
+
+
+def _replace_owned(owners: dict[K, str], key: str, held: set[K]) -> list[K]:
+    """Make `key` the owner of exactly `held` in `owners`; return what it gave up."""
+    given_up = [item for item, owner in owners.items() if owner == key and item not in held]
+    for item in given_up:
         del owners[item]
     owners.update(dict.fromkeys(held, key))
+    return given_up
 
 
 def _unchanged(recipient: Recipient, plan: RowPlan) -> bool:
@@ -371,7 +458,6 @@ def _apply(
             )
             for c in wanted_certs.values()
         )
-    session.flush()
 
 
 def _laboratories(session: Session, codes: set[str], labs: dict[str, Laboratory]) -> None:
