@@ -5,12 +5,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pipeline.recipients import directory_store
-from pipeline.recipients.directory_csv import ImportReport, RowError, import_directory
+from pipeline.recipients.directory_csv import RowError, import_directory
 from pipeline.recipients.errors import UnreadableDirectoryFile
 from pipeline.recipients.models import (
     Certificate,
@@ -20,26 +20,7 @@ from pipeline.recipients.models import (
     Recipient,
     RecipientIdentifier,
 )
-
-HEADER = "key,kind,name,specialty,identifiers,local_codes,channels,certificate\n"
-
-
-def write(folder: Path, name: str, text: str) -> Path:
-    path = folder / name
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def recipient(session: Session, key: str) -> Recipient:
-    return session.scalars(select(Recipient).where(Recipient.key == key)).one()
-
-
-def count(session: Session, model: Any) -> int:
-    return session.scalar(select(func.count()).select_from(model)) or 0
-
-
-def where(report: ImportReport) -> set[tuple[int, str]]:
-    return {(error.line, error.column) for error in report.errors}
+from tests.pipeline.recipients.directory_files import HEADER, count, recipient, where, write
 
 
 def test_valid_file_creates_every_recipient(session: Session, directory_dir: Path) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from pipeline.recipients import directory_csv, directory_store
-from pipeline.recipients.directory_csv import ImportReport, import_directory
+from pipeline.recipients.directory_csv import import_directory
 from pipeline.recipients.models import (
     Certificate,
     Laboratory,
@@ -21,22 +21,7 @@ from pipeline.recipients.models import (
     RecipientIdentifier,
 )
 from tests.conftest import CertificateMaker
-
-HEADER = "key,kind,name,specialty,identifiers,local_codes,channels,certificate\n"
-
-
-def write(folder: Path, name: str, text: str) -> Path:
-    path = folder / name
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def recipient(session: Session, key: str) -> Recipient:
-    return session.scalars(select(Recipient).where(Recipient.key == key)).one()
-
-
-def where(report: ImportReport) -> set[tuple[int, str]]:
-    return {(error.line, error.column) for error in report.errors}
+from tests.pipeline.recipients.directory_files import HEADER, recipient, where, write
 
 
 @pytest.fixture
