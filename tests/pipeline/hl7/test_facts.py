@@ -12,14 +12,10 @@ from pipeline.hl7.facts import RoutingFacts, extract_facts
 from pipeline.hl7.intake import read_results
 from pipeline.hl7.parse import parse
 from pipeline.recipients.identifiers import INS, Identifier
+from tests.pipeline.hl7.builders import seg
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "hl7"
 INS_AUTH = "ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO"
-
-
-def seg(name: str, fields: dict[int, str]) -> str:
-    last = max(fields) if fields else 0
-    return "|".join([name] + [fields.get(i, "") for i in range(1, last + 1)])
 
 
 def msh(

@@ -21,6 +21,7 @@ from pipeline.hl7.participants import (
     extract_participants,
 )
 from pipeline.recipients.identifiers import ADELI, FINESS, INS, LOCAL, RPPS, Identifier
+from tests.pipeline.hl7.builders import seg
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "hl7"
 
@@ -28,11 +29,6 @@ IDNPS = "ASIP-SANTE-PS&1.2.250.1.71.4.2.1&ISO"
 MARTIN = f"810001234567^MARTIN^Sophie^^^DR^^^{IDNPS}^D^^^IDNPS"
 LEROY = f"0751234567^LEROY^Paul^^^DR^^^{IDNPS}^D^^^IDNPS"
 PATIENT_INS = "248125612345678^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO^INS"
-
-
-def seg(name: str, fields: dict[int, str]) -> str:
-    last = max(fields) if fields else 0
-    return "|".join([name] + [fields.get(i, "") for i in range(1, last + 1)])
 
 
 def message_text(*segments: str, pid3: str = PATIENT_INS, version: str = "2.5") -> str:
@@ -371,17 +367,14 @@ def test_extract_participants_marks_pid_identifier_as_patient() -> None:
 
 
 def test_v22_cn_providers_are_read_like_xcn() -> None:
-    def segment(name: str, fields: dict[int, str]) -> str:
-        return "|".join([name] + [fields.get(n, "") for n in range(1, max(fields) + 1)])
-
     text = (
         "\r".join(
             [
                 "MSH|^~\\&|LIS|OLDLAB|||19990101||ORU^R01|OLD-1|P|2.2",
-                segment("PID", {3: "P1", 5: "DOE^JOHN"}),
-                segment("PV1", {1: "1", 2: "O", 8: "D77^REFER^ROSE"}),
-                segment("ORC", {1: "RE", 2: "A1", 3: "B1", 12: "D42^WELBY^MARCUS"}),
-                segment(
+                seg("PID", {3: "P1", 5: "DOE^JOHN"}),
+                seg("PV1", {1: "1", 2: "O", 8: "D77^REFER^ROSE"}),
+                seg("ORC", {1: "RE", 2: "A1", 3: "B1", 12: "D42^WELBY^MARCUS"}),
+                seg(
                     "OBR",
                     {
                         1: "1",
@@ -393,7 +386,7 @@ def test_v22_cn_providers_are_read_like_xcn() -> None:
                         28: "D99^COPY^CARL",
                     },
                 ),
-                segment("OBX", {1: "1", 2: "NM", 3: "GLU^GLUCOSE", 5: "5.2", 11: "F"}),
+                seg("OBX", {1: "1", 2: "NM", 3: "GLU^GLUCOSE", 5: "5.2", 11: "F"}),
             ]
         )
         + "\r"
