@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -26,6 +27,7 @@ from sqlalchemy.orm import Session
 from pipeline.db import database_url as parse_database_url
 from pipeline.db import make_engine, migrate, safe_url, session_factory
 from pipeline.settings import Settings
+from tests.smtp_relay import Relay, RelayFactory, RelayHandler
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "LABDISPATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -156,3 +158,28 @@ def directory_dir(tmp_path: Path, make_certificate: CertificateMaker) -> Path:
     )
     (certs / "not-a-certificate.pem").write_text("this is not PEM\n")
     return folder
+
+
+# --- a real SMTP relay ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def start_relay() -> Iterator[RelayFactory]:
+    """Starts relays with aiosmtpd options (tls_context, authenticator, …); stops them all
+    after the test."""
+    relays: list[Relay] = []
+
+    def start(handler: RelayHandler | None = None, **options: Any) -> Relay:
+        relay = Relay(handler or RelayHandler(), **options)
+        relays.append(relay)
+        return relay
+
+    yield start
+    for relay in relays:
+        relay.stop()
+
+
+@pytest.fixture
+def relay(start_relay: RelayFactory) -> Relay:
+    """A plain relay: no TLS, no AUTH, no DSN."""
+    return start_relay()
