@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.hl7 import reference
+from pipeline.hl7.errors import IntakeError
 from pipeline.hl7.parse import Hl7Message
 from pipeline.hl7.participants import Participant, extract_participants
 from pipeline.hl7.segments import Segment, component_value
@@ -69,7 +70,14 @@ class Document:
     code: str  # OBX-3.1
     mime_type: str
     encoding: str  # ED-4: Base64, Hex, A
-    size: int  # bytes once decoded (estimated from the encoded length)
+    size: int  # bytes once decoded (0 when it cannot be decoded)
+    #: Why the data cannot be decoded ("" when it can): such a document still travels inside
+    #: the HL7 message, but is not attached as a file of its own.
+    problem: str = ""
+
+    @property
+    def readable(self) -> bool:
+        return not self.problem
 
 
 @dataclass(frozen=True)
@@ -163,13 +171,18 @@ def _document(obx: Segment, order: int, message: Hl7Message) -> Document:
     kind = component_value(components, 2, delimiters).strip().upper()
     subtype = component_value(components, 3, delimiters).strip().upper()
     encoding = component_value(components, 4, delimiters).strip()
-    data = components[4] if len(components) > 4 else ""
-    if encoding.upper() == "BASE64":
-        size = len(data.rstrip("=")) * 3 // 4
-    elif encoding.upper() == "HEX":
-        size = len(data) // 2
-    else:
-        size = len(data)
+    # Decoded now so that a document which cannot be read is reported in the ACK (a
+    # warning naming OBX[n]-5), not discovered at sealing. It is not refused: the result's
+    # values still matter to the clinician, and the lab's bytes travel whole inside the HL7
+    # file (the national ANS samples carry such truncated mail bodies). Imported here:
+    # `documents` builds on this module.
+    from pipeline.hl7.documents import decode_ed
+
+    problem = ""
+    try:
+        size = len(decode_ed(obx, message.charset))
+    except IntakeError as error:
+        size, problem = 0, error.reason
     mime = ED_MIME_TYPES.get((kind, subtype)) or (
         f"{kind.lower()}/{subtype.lower()}" if kind and subtype else "application/octet-stream"
     )
@@ -180,6 +193,7 @@ def _document(obx: Segment, order: int, message: Hl7Message) -> Document:
         mime_type=mime,
         encoding=encoding,
         size=size,
+        problem=problem,
     )
 
 
@@ -243,9 +257,14 @@ def extract_facts(message: Hl7Message) -> RoutingFacts:
                 )
             obx_codes.append(status)
             if segment.value(2).strip().upper() == "ED":
-                documents.append(
-                    _document(segment, len(orders) + (current_obr is not None), message)
-                )
+                document = _document(segment, len(orders) + (current_obr is not None), message)
+                documents.append(document)
+                if not document.readable:
+                    warnings.append(
+                        f"OBX[{segment.sequence}]-5: the embedded document cannot be decoded "
+                        f"({document.problem}); it is delivered inside the HL7 message only, "
+                        "not as a file of its own"
+                    )
     close_order()
 
     patient_ids = _patient_ids(message)
