@@ -1,32 +1,89 @@
 """Settings from `LABDISPATCH_*` environment variables, with embedded defaults.
 
 With nothing set, labdispatch runs on one machine with no external service: the ledger is
-a SQLite file under `var/` (created on first use). Production points
-`LABDISPATCH_DATABASE_URL` at PostgreSQL.
+a SQLite file under `var/` (created on first use), the storage key is generated in
+`var/storage.key`, mail with no relay configured is queued in the `var/outbox/` Maildir,
+and recipients' mailboxes live under `var/mailboxes/`. Production points
+`LABDISPATCH_DATABASE_URL` at PostgreSQL, `LABDISPATCH_SMTP_HOST` at the relay, and names
+the laboratory's signing key. Secrets (passwords) are read from files named by `*_FILE`
+settings, so they never sit in the environment of every child process.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import ConfigurationError
 
 PREFIX = "LABDISPATCH_"
+SMTP_TLS_MODES = ("opportunistic", "starttls", "implicit", "none")
+
+
+@dataclass(frozen=True)
+class SigningSettings:
+    """Where the laboratories' signing keys are: one default signer, and per-laboratory
+    files (`<LAB>.p12`, or `<LAB>.crt` + `<LAB>.key`) in `directory` that take precedence."""
+
+    certificate: Path | None = None
+    key: Path | None = None
+    pkcs12: Path | None = None
+    password_file: Path | None = None
+    directory: Path | None = None
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str = ""  # empty: no relay, mail is queued in the outbox folder
+    port: int = 25
+    tls: str = "opportunistic"
+    username: str = ""
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class HttpsSettings:
+    client_certificate: Path | None = None
+    client_key: Path | None = None
+    ca_file: Path | None = None
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class ReceiptSettings:
+    maildir: Path | None = None
+    imap_host: str = ""
+    imap_port: int = 993
+    imap_tls: str = "implicit"
+    imap_username: str = ""
+    imap_password_file: Path | None = None
+    imap_mailbox: str = "INBOX"
 
 
 @dataclass(frozen=True)
 class Settings:
     var_dir: Path
     database_url: str
+    storage_key_file: Path | None = None
+    #: From, return path (DSNs) and Disposition-Notification-To (MDNs) of every envelope.
+    mail_from: str = "results@labdispatch.localhost"
+    mailbox_root: Path | None = None
+    outbox_dir: Path | None = None
+    signing: SigningSettings = field(default_factory=SigningSettings)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    https: HttpsSettings = field(default_factory=HttpsSettings)
+    receipts: ReceiptSettings = field(default_factory=ReceiptSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        read = _Reader(env)
         var_dir = Path(env.get(PREFIX + "VAR_DIR", "var"))
-        database_url = env.get(PREFIX + "DATABASE_URL", "").strip()
+        database_url = read.text("DATABASE_URL")
         if not database_url:
             database_url = f"sqlite:///{var_dir / 'labdispatch.db'}"
         if "://" not in database_url:
@@ -34,7 +91,50 @@ class Settings:
                 f"{PREFIX}DATABASE_URL must be a URL such as "
                 "postgresql+psycopg://user@host/db or sqlite:///path.db"
             )
-        return cls(var_dir=var_dir, database_url=database_url)
+        smtp_tls = read.text("SMTP_TLS") or "opportunistic"
+        if smtp_tls not in SMTP_TLS_MODES:
+            raise ConfigurationError(
+                f"{PREFIX}SMTP_TLS must be one of {', '.join(SMTP_TLS_MODES)}, not {smtp_tls!r}"
+            )
+        return cls(
+            var_dir=var_dir,
+            database_url=database_url,
+            storage_key_file=read.path("STORAGE_KEY_FILE"),
+            mail_from=read.text("MAIL_FROM") or cls.mail_from,
+            mailbox_root=read.path("MAILBOX_ROOT"),
+            outbox_dir=read.path("OUTBOX_DIR"),
+            signing=SigningSettings(
+                certificate=read.path("SIGNING_CERT"),
+                key=read.path("SIGNING_KEY"),
+                pkcs12=read.path("SIGNING_PKCS12"),
+                password_file=read.path("SIGNING_PASSWORD_FILE"),
+                directory=read.path("SIGNING_DIR"),
+            ),
+            smtp=SmtpSettings(
+                host=read.text("SMTP_HOST"),
+                port=read.integer("SMTP_PORT", 25),
+                tls=smtp_tls,
+                username=read.text("SMTP_USERNAME"),
+                password_file=read.path("SMTP_PASSWORD_FILE"),
+                ca_file=read.path("SMTP_CA_FILE"),
+                timeout=read.number("SMTP_TIMEOUT", 30.0),
+            ),
+            https=HttpsSettings(
+                client_certificate=read.path("HTTPS_CLIENT_CERT"),
+                client_key=read.path("HTTPS_CLIENT_KEY"),
+                ca_file=read.path("HTTPS_CA_FILE"),
+                timeout=read.number("HTTPS_TIMEOUT", 30.0),
+            ),
+            receipts=ReceiptSettings(
+                maildir=read.path("RECEIPTS_MAILDIR"),
+                imap_host=read.text("RECEIPTS_IMAP_HOST"),
+                imap_port=read.integer("RECEIPTS_IMAP_PORT", 993),
+                imap_tls=read.text("RECEIPTS_IMAP_TLS") or "implicit",
+                imap_username=read.text("RECEIPTS_IMAP_USERNAME"),
+                imap_password_file=read.path("RECEIPTS_IMAP_PASSWORD_FILE"),
+                imap_mailbox=read.text("RECEIPTS_IMAP_MAILBOX") or "INBOX",
+            ),
+        )
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -44,3 +144,58 @@ class Settings:
         """Create `var/` on first use so the embedded default needs no set-up step."""
         self.var_dir.mkdir(parents=True, exist_ok=True)
         return self.var_dir
+
+    @property
+    def storage_key_path(self) -> Path:
+        return self.storage_key_file or self.var_dir / "storage.key"
+
+    @property
+    def mailbox_root_path(self) -> Path:
+        return self.mailbox_root or self.var_dir / "mailboxes"
+
+    @property
+    def outbox_path(self) -> Path:
+        """Where mail waits when no relay is configured (a Maildir anyone can inspect)."""
+        return self.outbox_dir or self.var_dir / "outbox"
+
+    @property
+    def receipts_maildir_path(self) -> Path:
+        return self.receipts.maildir or self.var_dir / "receipts"
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def text(self, name: str) -> str:
+        return self.env.get(PREFIX + name, "").strip()
+
+    def path(self, name: str) -> Path | None:
+        value = self.text(name)
+        return Path(value).expanduser() if value else None
+
+    def integer(self, name: str, default: int) -> int:
+        value = self.text(name)
+        if not value:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigurationError(
+                f"{PREFIX}{name} must be a whole number, not {value!r}"
+            ) from None
+        if number <= 0:
+            raise ConfigurationError(f"{PREFIX}{name} must be positive, not {value!r}")
+        return number
+
+    def number(self, name: str, default: float) -> float:
+        value = self.text(name)
+        if not value:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigurationError(f"{PREFIX}{name} must be a number, not {value!r}") from None
+        if number <= 0:
+            raise ConfigurationError(f"{PREFIX}{name} must be positive, not {value!r}")
+        return number

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from importlib import metadata
 
 from pipeline.errors import LabdispatchError
-from workers.commands import directory, inspect
+from workers.commands import deliver, directory, inspect, pki, receipts, trace
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 70  # EX_SOFTWARE
@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     inspect.register(commands)
     directory.register(commands)
+    pki.register(commands)
+    deliver.register(commands)
+    receipts.register(commands)
+    trace.register(commands)
     return parser
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from pipeline.db import utcnow
+from pipeline.jsonable import jsonable
 from pipeline.recipients.errors import UnknownRecipient
 from pipeline.recipients.identifiers import parse_identifier_text
 from pipeline.recipients.models import (
@@ -71,7 +72,7 @@ class RecipientView:
 
     def as_json(self) -> dict[str, Any]:
         """JSON-ready: timestamps as ISO 8601 UTC."""
-        data: dict[str, Any] = _jsonable(asdict(self))
+        data: dict[str, Any] = jsonable(asdict(self))
         return data
 
 
@@ -198,13 +199,3 @@ def render_recipient(view: RecipientView) -> str:
 
 def _when(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(item) for item in value]
-    return value

@@ -25,6 +25,7 @@ from pipeline.db import (
 from pipeline.recipients.models import Laboratory, LocalCode
 from pipeline.settings import Settings
 
+LEDGER_TABLES = {"messages", "deliveries", "attempts", "events", "receipts"}
 DIRECTORY_TABLES = {
     "laboratories",
     "recipients",
@@ -46,10 +47,10 @@ def _current(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def test_upgrade_creates_the_directory_tables_at_head(engine: Engine) -> None:
+def test_upgrade_creates_the_directory_and_ledger_tables_at_head(engine: Engine) -> None:
     migrate(engine)
 
-    assert set(inspect(engine).get_table_names()) >= DIRECTORY_TABLES
+    assert set(inspect(engine).get_table_names()) >= DIRECTORY_TABLES | LEDGER_TABLES
     assert _current(engine) == _head()
 
 

@@ -1,0 +1,226 @@
+"""Seal and send what is due, and record every attempt.
+
+A delivery is sealed once (signed as the laboratory, enveloped for the recipient) and the
+envelope kept in the ledger, so every retry sends the very same bytes under the same
+Message-ID. The sealed state is committed before the first send: a crash after it re-sends
+the stored envelope, never a differently sealed copy.
+
+Outcomes come from the transport as values (`pipeline.transports.base`): accepted moves the
+delivery on, transient schedules the next try by the channel's `RetryPolicy` (or fails it
+when the policy gives up), permanent fails it with the far side's reply kept. A delivery
+that cannot be sealed (no valid recipient certificate, no signing key) is failed with the
+reason and never sent in clear.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.delivery.record import read_stored
+from pipeline.delivery.services import DeliveryServices
+from pipeline.errors import LabdispatchError
+from pipeline.hl7.documents import extract_documents, message_charset
+from pipeline.hl7.intake import read_results
+from pipeline.ledger.events import record_event
+from pipeline.ledger.models import Attempt, Delivery
+from pipeline.ledger.states import OPEN_STATES
+from pipeline.recipients.models import Recipient
+from pipeline.sealing.content import ResultSummary, build_content
+from pipeline.sealing.keys import check_signer, recipient_certificate
+from pipeline.sealing.smime import EnvelopeHeaders, seal, subject_for
+from pipeline.transports.base import Envelope, Outcome, SendResult, TransportConfigurationError
+
+
+@dataclass
+class DispatchReport:
+    """What one pass did, by resulting delivery state."""
+
+    states: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def handled(self) -> int:
+        return sum(self.states.values())
+
+
+def due_deliveries(session: Session, now: datetime, limit: int) -> list[Delivery]:
+    return list(
+        session.scalars(
+            select(Delivery)
+            .where(
+                Delivery.state.in_(OPEN_STATES),
+                or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+            )
+            .order_by(Delivery.id)
+            .limit(limit)
+        )
+    )
+
+
+def dispatch_due(
+    sessions: sessionmaker[Session], services: DeliveryServices, *, limit: int = 500
+) -> DispatchReport:
+    """One pass over the deliveries due now; each is committed on its own."""
+    report = DispatchReport()
+    with sessions() as session:
+        for delivery in due_deliveries(session, services.clock(), limit):
+            report.states[dispatch_delivery(session, delivery, services)] += 1
+            session.commit()
+    return report
+
+
+def dispatch_delivery(session: Session, delivery: Delivery, services: DeliveryServices) -> str:
+    """Seal (if not yet) and send one delivery; returns its new state. The caller commits."""
+    if delivery.state not in OPEN_STATES:
+        return delivery.state
+    if delivery.envelope is None:
+        try:
+            seal_delivery(session, delivery, services)
+        except LabdispatchError as error:
+            _fail(session, delivery, f"not sealed: {error}", services.clock())
+            return delivery.state
+        session.commit()
+    return send_delivery(session, delivery, services)
+
+
+def seal_delivery(session: Session, delivery: Delivery, services: DeliveryServices) -> None:
+    """Sign the message as its laboratory and envelope it for the recipient."""
+    now = services.clock()
+    message = delivery.message
+    recipient = session.get(Recipient, delivery.recipient_id) if delivery.recipient_id else None
+    if recipient is None:
+        raise LabdispatchError(f"recipient {delivery.recipient_key} left the directory")
+    certificate = recipient_certificate(recipient.key, [c.pem for c in recipient.certificates], now)
+    signer = services.signers.for_laboratory(message.laboratory)
+    check_signer(signer, now)
+
+    data = read_stored(message, services.cipher)
+    result = next(read_results(data))
+    if result.message is None or result.facts is None:  # it was accepted once: a bug
+        raise LabdispatchError(f"stored message no longer reads: {result.error}")
+    facts = result.facts
+    summary = ResultSummary.from_facts(facts)
+    content = build_content(
+        data,
+        message_charset(result.message),
+        facts.control_id,
+        summary,
+        extract_documents(result.message),
+    )
+    assert delivery.envelope_message_id is not None and delivery.channel_address is not None
+    headers = EnvelopeHeaders(
+        message_id=delivery.envelope_message_id,
+        from_address=services.mail_from,
+        to_address=delivery.channel_address if delivery.channel_kind == "mail" else "",
+        subject=subject_for(message.laboratory, message.control_id, facts.result_status),
+        disposition_notification_to=services.mail_from,
+        date=now,
+    )
+    delivery.envelope = seal(content, signer, certificate, headers)
+    delivery.sealed_at = now
+    delivery.updated_at = now
+    record_event(
+        session,
+        message,
+        "sealed",
+        f"for {recipient.key}: signed by {signer.certificate.subject.rfc4514_string()}, "
+        f"encrypted for certificate serial {certificate.serial_number:x}",
+        now,
+        delivery,
+    )
+
+
+def send_delivery(session: Session, delivery: Delivery, services: DeliveryServices) -> str:
+    assert delivery.envelope is not None and delivery.channel_kind is not None
+    message = delivery.message
+    kind = delivery.channel_kind
+    address = delivery.channel_address or ""
+    started = services.clock()
+    try:
+        transport = services.transport(kind)
+        destination = transport.destination(address)
+        result = transport.send(
+            Envelope(
+                message_id=delivery.envelope_message_id or "",
+                envelope_id=delivery.envelope_id or "",
+                sender=services.mail_from,
+                recipient=address,
+                data=delivery.envelope,
+            )
+        )
+    except TransportConfigurationError as error:
+        destination = kind
+        result = SendResult(Outcome.TRANSIENT, f"not sent: {error}")
+    finished = services.clock()
+
+    delivery.attempts += 1
+    delivery.first_attempt_at = delivery.first_attempt_at or started
+    delivery.updated_at = finished
+    session.add(
+        Attempt(
+            delivery_id=delivery.id,
+            number=delivery.attempts,
+            started_at=started,
+            finished_at=finished,
+            transport=kind,
+            destination=destination[:500],
+            outcome=result.outcome.value,
+            evidence=result.evidence,
+        )
+    )
+    record_event(
+        session,
+        message,
+        "sent",
+        f"attempt {delivery.attempts} via {kind} to {destination}",
+        started,
+        delivery,
+    )
+    if result.outcome is Outcome.ACCEPTED:
+        delivery.last_error = ""
+        delivery.next_attempt_at = None
+        delivery.accepted_at = finished
+        delivery.state = "accepted"
+        record_event(session, message, "accepted", result.evidence, finished, delivery)
+        if result.delivered:
+            delivery.delivered_at = finished
+            delivery.state = "delivered"
+            record_event(session, message, "delivered", f"into {destination}", finished, delivery)
+        return delivery.state
+
+    delivery.last_error = result.evidence
+    policy = services.policy(kind)
+    assert delivery.first_attempt_at is not None
+    if policy.should_retry(result.outcome, delivery.attempts, delivery.first_attempt_at, finished):
+        delivery.state = "retrying"
+        delivery.next_attempt_at = finished + policy.delay(delivery.attempts, services.rng)
+        record_event(
+            session,
+            message,
+            "retried",
+            f"attempt {delivery.attempts} {result.outcome.value}: {result.evidence}; "
+            f"next try after {delivery.next_attempt_at.isoformat(timespec='seconds')}",
+            finished,
+            delivery,
+        )
+        return delivery.state
+    reason = (
+        f"refused: {result.evidence}"
+        if result.outcome is Outcome.PERMANENT
+        else f"gave up after {delivery.attempts} attempts: {result.evidence}"
+    )
+    _fail(session, delivery, reason, finished)
+    return delivery.state
+
+
+def _fail(session: Session, delivery: Delivery, reason: str, now: datetime) -> None:
+    delivery.state = "failed"
+    delivery.failed_at = now
+    delivery.updated_at = now
+    delivery.next_attempt_at = None
+    delivery.last_error = reason
+    record_event(session, delivery.message, "failed", reason, now, delivery)

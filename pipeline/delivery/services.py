@@ -1,0 +1,190 @@
+"""What the delivery steps need, built once from settings: keys, transports, policies, clock.
+
+Tests and benchmarks build `DeliveryServices` directly with their own clock and transports;
+commands and workers call `DeliveryServices.from_settings`. Transports are opened lazily
+and kept for the life of the object, so a run of envelopes reuses one SMTP connection.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+
+from pipeline.errors import ConfigurationError
+from pipeline.ledger.storage import StorageCipher
+from pipeline.sealing.errors import SigningKeyUnavailable
+from pipeline.sealing.keys import Signer, load_signer
+from pipeline.settings import Settings, SigningSettings
+from pipeline.transports.base import Transport, TransportConfigurationError
+from pipeline.transports.https import HttpsConfig, HttpsTransport
+from pipeline.transports.mailbox import MailboxTransport
+from pipeline.transports.retry import DEFAULT_POLICIES, RetryPolicy
+from pipeline.transports.smtp import SmtpConfig, SmtpTransport
+
+TransportFactory = Callable[[], Transport]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SignerRegistry:
+    """The signing key of each laboratory: `<LAB>.p12` or `<LAB>.crt` + `<LAB>.key` in the
+    signing directory when present, else the default signer; loaded once, then cached."""
+
+    def __init__(self, settings: SigningSettings) -> None:
+        self.settings = settings
+        self._cache: dict[str, Signer] = {}
+
+    def for_laboratory(self, laboratory: str) -> Signer:
+        signer = self._cache.get(laboratory)
+        if signer is None:
+            signer = self._load(laboratory)
+            self._cache[laboratory] = signer
+        return signer
+
+    def _load(self, laboratory: str) -> Signer:
+        folder = self.settings.directory
+        password = read_secret(self.settings.password_file)
+        if folder is not None and _safe_name(laboratory):
+            pkcs12 = folder / f"{laboratory}.p12"
+            if pkcs12.is_file():
+                return load_signer(pkcs12=pkcs12, password=password)
+            certificate, key = folder / f"{laboratory}.crt", folder / f"{laboratory}.key"
+            if certificate.is_file() and key.is_file():
+                return load_signer(certificate=certificate, key=key)
+        if self.settings.pkcs12 is not None:
+            return load_signer(pkcs12=self.settings.pkcs12, password=password)
+        if self.settings.certificate is not None and self.settings.key is not None:
+            return load_signer(certificate=self.settings.certificate, key=self.settings.key)
+        raise SigningKeyUnavailable(
+            f"no signing key for laboratory {laboratory}: set LABDISPATCH_SIGNING_CERT and "
+            "LABDISPATCH_SIGNING_KEY (PEM) or LABDISPATCH_SIGNING_PKCS12, or put "
+            f"{laboratory}.p12 in LABDISPATCH_SIGNING_DIR"
+        )
+
+
+@dataclass
+class DeliveryServices:
+    cipher: StorageCipher
+    signers: SignerRegistry
+    factories: Mapping[str, TransportFactory]
+    mail_from: str = "results@labdispatch.localhost"
+    policies: Mapping[str, RetryPolicy] = field(default_factory=lambda: dict(DEFAULT_POLICIES))
+    clock: Callable[[], datetime] = utc_now
+    rng: random.Random = field(default_factory=random.Random)
+    _open: dict[str, Transport] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DeliveryServices:
+        settings.ensure_var_dir()
+        cipher = StorageCipher.from_file(
+            settings.storage_key_path, create=settings.storage_key_file is None
+        )
+        return cls(
+            cipher=cipher,
+            signers=SignerRegistry(settings.signing),
+            factories=transport_factories(settings),
+            mail_from=settings.mail_from,
+        )
+
+    @property
+    def mail_domain(self) -> str:
+        return self.mail_from.rpartition("@")[2] or "labdispatch.localhost"
+
+    def transport(self, kind: str) -> Transport:
+        """The open transport for a channel kind (raises TransportConfigurationError)."""
+        transport = self._open.get(kind)
+        if transport is None:
+            factory = self.factories.get(kind)
+            if factory is None:
+                raise TransportConfigurationError(f"no transport for channel kind {kind!r}")
+            transport = factory()
+            self._open[kind] = transport
+        return transport
+
+    def policy(self, kind: str) -> RetryPolicy:
+        return self.policies.get(kind) or DEFAULT_POLICIES["mail"]
+
+    def close(self) -> None:
+        for transport in self._open.values():
+            transport.close()
+        self._open.clear()
+
+    def __enter__(self) -> DeliveryServices:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def transport_factories(settings: Settings) -> dict[str, TransportFactory]:
+    """One factory per channel kind; each reads its settings when first used, so a missing
+    HTTPS client certificate only matters to HTTPS deliveries."""
+
+    def mail() -> Transport:
+        smtp = settings.smtp
+        if not smtp.host:
+            # No relay: queue in a Maildir anyone can inspect (and `openssl cms` can read).
+            return MailboxTransport(settings.outbox_path, kind="mail", fixed_folder=".")
+        return SmtpTransport(
+            SmtpConfig(
+                host=smtp.host,
+                port=smtp.port,
+                tls=smtp.tls,
+                username=smtp.username or None,
+                password=_read_secret_text(smtp.password_file),
+                timeout=smtp.timeout,
+                ca_file=smtp.ca_file,
+            )
+        )
+
+    def mailbox() -> Transport:
+        return MailboxTransport(settings.mailbox_root_path)
+
+    def https() -> Transport:
+        config = settings.https
+        if config.client_certificate is None or config.client_key is None:
+            raise TransportConfigurationError(
+                "HTTPS delivery needs the laboratory's client certificate: set "
+                "LABDISPATCH_HTTPS_CLIENT_CERT and LABDISPATCH_HTTPS_CLIENT_KEY"
+            )
+        return HttpsTransport(
+            HttpsConfig(
+                client_certificate=config.client_certificate,
+                client_key=config.client_key,
+                ca_file=config.ca_file,
+                timeout=config.timeout,
+            )
+        )
+
+    return {"mail": mail, "mailbox": mailbox, "https": https}
+
+
+def read_secret(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes().rstrip(b"\r\n")
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot read the secret file {path}: {error.strerror or type(error).__name__}"
+        ) from error
+
+
+def _read_secret_text(path: Path | None) -> str | None:
+    secret = read_secret(path)
+    return secret.decode() if secret is not None else None
+
+
+def _safe_name(name: str) -> bool:
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")

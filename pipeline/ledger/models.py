@@ -1,0 +1,184 @@
+"""The ledger's tables.
+
+A message is keyed by (laboratory, control ID, revision): revision 1 is what the lab first
+sent; a resend of the same key with different content is kept as the next revision, held
+for review, and never delivered on its own. A delivery is one recipient over one channel;
+its `state` moves forward only (see `states.py`). Events carry no clinical data: an
+operator reads them, and they may be exported for audit.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from pipeline.db import Base, UTCDateTime, utcnow
+from pipeline.ledger.states import DELIVERY_STATES, MESSAGE_STATES
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Message(Base):
+    """One result as a laboratory sent it."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("laboratory", "control_id", "revision"),
+        CheckConstraint(_one_of("state", MESSAGE_STATES), name="state"),
+        # `labdispatch trace CONTROL_ID` looks up by control ID alone.
+        Index(None, "control_id"),
+        Index(None, "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: MSH-4 (sending facility namespace): the laboratory, as routing and billing know it.
+    laboratory: Mapped[str] = mapped_column(String(64))
+    #: MSH-10.
+    control_id: Mapped[str] = mapped_column(String(199))
+    revision: Mapped[int] = mapped_column(default=1)
+    state: Mapped[str] = mapped_column(String(16))
+    #: Lowercase hex SHA-256 of the message bytes: tells a resend from a changed message.
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int]
+    sending_application: Mapped[str] = mapped_column(String(200), default="")
+    message_type: Mapped[str] = mapped_column(String(16))
+    version: Mapped[str] = mapped_column(String(16))
+    processing_id: Mapped[str] = mapped_column(String(8), default="")
+    result_status: Mapped[str] = mapped_column(String(16), default="")
+    document_count: Mapped[int] = mapped_column(default=0)
+    #: MSH-18 as written, needed to label the HL7 attachment's charset.
+    charset: Mapped[str] = mapped_column(String(32), default="")
+    #: How it came in ("file", "mllp", "api") and from where (file name, peer address).
+    source: Mapped[str] = mapped_column(String(16))
+    source_name: Mapped[str] = mapped_column(String(500), default="")
+    #: The message bytes, AES-256-GCM under the storage key named by `storage_key_id`.
+    raw_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    storage_key_id: Mapped[str] = mapped_column(String(32))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    deliveries: Mapped[list[Delivery]] = relationship(
+        back_populates="message", order_by="Delivery.id"
+    )
+    events: Mapped[list[Event]] = relationship(back_populates="message", order_by="Event.id")
+
+
+class Delivery(Base):
+    """One recipient over one channel; the unit that is sealed, sent, retried and receipted."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("message_id", "recipient_key", "channel_kind", "channel_address"),
+        CheckConstraint(_one_of("state", DELIVERY_STATES), name="state"),
+        # The dispatcher's question: what is due now?
+        Index(None, "state", "next_attempt_at"),
+        Index(None, "recipient_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), index=True)
+    #: NULL while unroutable (the directory does not know who `wanted` is).
+    recipient_id: Mapped[int | None] = mapped_column(
+        ForeignKey("recipients.id", ondelete="SET NULL")
+    )
+    #: The directory key at routing time, kept even if the recipient is later removed.
+    recipient_key: Mapped[str | None] = mapped_column(String(64))
+    #: The identifier the message gave ("RPPS:10001234567"), for ops to fix the directory.
+    wanted: Mapped[str] = mapped_column(String(200), default="")
+    #: ordering / copy_to / referring / patient, as read from the message.
+    role: Mapped[str] = mapped_column(String(32), default="")
+    channel_kind: Mapped[str | None] = mapped_column(String(16))
+    channel_address: Mapped[str | None] = mapped_column(String(500))
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    first_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Why it is not moving, in words for ops (last transport reply, certificate problem…).
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    #: RFC 5322 Message-ID of the envelope: stable, so a far side can de-duplicate.
+    envelope_message_id: Mapped[str | None] = mapped_column(String(250), unique=True)
+    #: SMTP ENVID, echoed back by DSNs.
+    envelope_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    #: The sealed envelope (ciphertext for the recipient): every retry sends the same bytes.
+    envelope: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    sealed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    read_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    message: Mapped[Message] = relationship(back_populates="deliveries")
+    attempt_log: Mapped[list[Attempt]] = relationship(
+        back_populates="delivery", order_by="Attempt.id"
+    )
+
+
+class Attempt(Base):
+    """One try of a transport, with the far side's answer kept as evidence."""
+
+    __tablename__ = "attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id"), index=True)
+    number: Mapped[int]
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    transport: Mapped[str] = mapped_column(String(16))
+    destination: Mapped[str] = mapped_column(String(500))
+    #: accepted / transient / permanent (`pipeline.transports.base.Outcome`).
+    outcome: Mapped[str] = mapped_column(String(16))
+    evidence: Mapped[str] = mapped_column(Text, default="")
+
+    delivery: Mapped[Delivery] = relationship(back_populates="attempt_log")
+
+
+class Event(Base):
+    """One step in a result's life, for the timeline (`labdispatch trace`) and for audit.
+
+    `kind` is one of `states.EVENT_KINDS`, checked in code rather than by a constraint: the
+    table grows fastest, and a new kind must not mean rewriting it on SQLite."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), index=True)
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("deliveries.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(24))
+    #: Words for a person; never clinical values or patient identity.
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+    message: Mapped[Message] = relationship(back_populates="events")
+
+
+class Receipt(Base):
+    """A report read back (MDN, DSN), matched to its delivery or recorded as unmatched."""
+
+    __tablename__ = "receipts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("deliveries.id"), index=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: mdn / dsn / unrecognised.
+    kind: Mapped[str] = mapped_column(String(16))
+    #: processed / displayed / failed… (MDN) or delivered / failed / delayed… (DSN).
+    disposition: Mapped[str] = mapped_column(String(32), default="")
+    original_message_id: Mapped[str | None] = mapped_column(String(250))
+    original_envelope_id: Mapped[str | None] = mapped_column(String(64))
+    #: The report's own Message-ID: a report read twice is recorded once.
+    report_message_id: Mapped[str | None] = mapped_column(String(250), unique=True)
+    #: Where it was read (Maildir file name, IMAP mailbox and UID).
+    source: Mapped[str] = mapped_column(String(500), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")

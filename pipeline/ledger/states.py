@@ -1,0 +1,57 @@
+"""The words of the ledger: message and delivery states, event kinds.
+
+Delivery states only move forward along `DELIVERY_ORDER`; a late report never takes a
+delivery back (a DSN "delivered" arriving after the MDN "displayed" leaves it read).
+`failed` is final unless an operator replays it.
+"""
+
+from __future__ import annotations
+
+#: received: recorded, not yet routed; routed: deliveries exist; unroutable: nobody it names
+#: is in the directory; held: the same control ID came again with different content and
+#: waits for a person.
+MESSAGE_STATES = ("received", "routed", "unroutable", "held")
+
+#: pending: waiting for its first try; retrying: a transient failure, next try scheduled;
+#: accepted: a relay took it; delivered: it reached the recipient's store; read: the
+#: recipient's client says it was displayed; failed: given up (permanent refusal, no usable
+#: certificate, limit reached); unroutable: the recipient is not in the directory.
+DELIVERY_STATES = (
+    "pending",
+    "retrying",
+    "accepted",
+    "delivered",
+    "read",
+    "failed",
+    "unroutable",
+)
+#: States still waiting for work from us.
+OPEN_STATES = ("pending", "retrying")
+#: How far along a delivery is; reports only ever move it to a later rank.
+DELIVERY_RANK = {
+    "unroutable": 0,
+    "pending": 1,
+    "retrying": 1,
+    "accepted": 2,
+    "delivered": 3,
+    "read": 4,
+    "failed": 5,
+}
+
+EVENT_KINDS = (
+    "received",
+    "parsed",
+    "duplicate",
+    "conflict",
+    "routed",
+    "unroutable",
+    "sealed",
+    "sent",
+    "accepted",
+    "delivered",
+    "processed",
+    "read",
+    "retried",
+    "failed",
+    "receipt",
+)

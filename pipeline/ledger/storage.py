@@ -1,0 +1,102 @@
+"""Message bytes at rest: AES-256-GCM under a storage key named in settings.
+
+The ledger database may be backed up, replicated or read by a DBA; health data in it stays
+sealed. Each message is encrypted with a fresh nonce and bound (as associated data) to its
+ledger key, so a ciphertext copied onto another row does not decrypt there. The key file
+holds one base64 key; its id (a hash prefix, never the key) is stored beside each row so a
+rotated key can still open older rows when kept as a previous key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from pipeline.errors import ConfigurationError, LabdispatchError
+
+NONCE_BYTES = 12
+KEY_BYTES = 32
+
+
+class StoredMessageUnreadable(LabdispatchError):
+    """A stored message cannot be decrypted (wrong key file, or the row was tampered with)."""
+
+
+@dataclass(frozen=True)
+class StorageCipher:
+    keys: dict[str, bytes]  # key id -> key; the first one encrypts
+    current: str
+
+    @classmethod
+    def from_key(cls, key: bytes, *previous: bytes) -> StorageCipher:
+        keys = {_key_id(k): k for k in (key, *previous)}
+        return cls(keys=keys, current=_key_id(key))
+
+    @classmethod
+    def from_file(cls, path: Path, *, create: bool = False) -> StorageCipher:
+        """Read the key file (one base64 key per line, current first, older keys after);
+        with `create`, write a new random key when the file does not exist yet."""
+        if create and not path.exists():
+            _write_new_key(path)
+        try:
+            lines = path.read_text(encoding="ascii").split()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigurationError(
+                f"cannot read the storage key file {path}: {error.__class__.__name__}"
+            ) from error
+        try:
+            keys = [base64.b64decode(line, validate=True) for line in lines]
+        except (binascii.Error, ValueError) as error:
+            raise ConfigurationError(
+                f"the storage key file {path} must hold base64 keys, one per line"
+            ) from error
+        if not keys or any(len(k) != KEY_BYTES for k in keys):
+            raise ConfigurationError(
+                f"the storage key file {path} must hold {KEY_BYTES}-byte keys in base64 "
+                "(create one with: head -c 32 /dev/urandom | base64)"
+            )
+        return cls.from_key(keys[0], *keys[1:])
+
+    def encrypt(self, data: bytes, context: str) -> tuple[bytes, str]:
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = AESGCM(self.keys[self.current]).encrypt(nonce, data, context.encode())
+        return nonce + sealed, self.current
+
+    def decrypt(self, blob: bytes, key_id: str, context: str) -> bytes:
+        key = self.keys.get(key_id)
+        if key is None:
+            raise StoredMessageUnreadable(
+                f"the message was stored under key {key_id}, which is not in the storage key "
+                "file; add the previous key after the current one"
+            )
+        try:
+            return AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], context.encode())
+        except InvalidTag as error:
+            raise StoredMessageUnreadable(
+                f"the stored message {context} does not decrypt: the row was altered"
+            ) from error
+
+
+def _key_id(key: bytes) -> str:
+    return hashlib.sha256(b"labdispatch storage key\0" + key).hexdigest()[:16]
+
+
+def _write_new_key(path: Path) -> None:
+    """Create the key file readable by its owner only, without a window where it is not."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = base64.b64encode(os.urandom(KEY_BYTES)) + b"\n"
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return  # another process created it first: use theirs
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(key)
+        handle.flush()
+        os.fsync(handle.fileno())

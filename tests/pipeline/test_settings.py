@@ -1,0 +1,59 @@
+"""Settings from LABDISPATCH_* variables: embedded defaults, and clear refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import ConfigurationError
+from pipeline.settings import Settings
+
+
+def test_nothing_set_means_everything_under_var() -> None:
+    settings = Settings.from_env({})
+
+    assert settings.database_url == "sqlite:///var/labdispatch.db"
+    assert settings.storage_key_path == Path("var/storage.key")
+    assert settings.outbox_path == Path("var/outbox")
+    assert settings.mailbox_root_path == Path("var/mailboxes")
+    assert settings.receipts_maildir_path == Path("var/receipts")
+    assert settings.smtp.host == ""  # no relay: mail waits in the outbox
+
+
+def test_delivery_settings_are_read_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "LABDISPATCH_SMTP_HOST": "relay.example",
+            "LABDISPATCH_SMTP_PORT": "587",
+            "LABDISPATCH_SMTP_TLS": "starttls",
+            "LABDISPATCH_SMTP_PASSWORD_FILE": "/run/secrets/smtp",
+            "LABDISPATCH_SIGNING_PKCS12": "/etc/labdispatch/lab.p12",
+            "LABDISPATCH_STORAGE_KEY_FILE": "/etc/labdispatch/storage.key",
+            "LABDISPATCH_MAIL_FROM": "resultats@labo.example",
+        }
+    )
+
+    assert (settings.smtp.host, settings.smtp.port, settings.smtp.tls) == (
+        "relay.example",
+        587,
+        "starttls",
+    )
+    assert settings.smtp.password_file == Path("/run/secrets/smtp")
+    assert settings.signing.pkcs12 == Path("/etc/labdispatch/lab.p12")
+    assert settings.storage_key_path == Path("/etc/labdispatch/storage.key")
+    assert settings.mail_from == "resultats@labo.example"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("LABDISPATCH_SMTP_PORT", "twenty-five", "SMTP_PORT must be a whole number"),
+        ("LABDISPATCH_SMTP_PORT", "-1", "SMTP_PORT must be positive"),
+        ("LABDISPATCH_SMTP_TLS", "maybe", "SMTP_TLS must be one of"),
+        ("LABDISPATCH_HTTPS_TIMEOUT", "soon", "HTTPS_TIMEOUT must be a number"),
+    ],
+)
+def test_unusable_values_are_named(name: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigurationError, match=expected):
+        Settings.from_env({name: value})
