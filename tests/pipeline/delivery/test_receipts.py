@@ -1,0 +1,144 @@
+"""Reports read back and applied to deliveries: matched, recorded, never taken backwards."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.delivery.dispatch import dispatch_due
+from pipeline.delivery.intake import accept_bytes
+from pipeline.delivery.receipts import collect_receipts, record_report
+from pipeline.delivery.services import DeliveryServices
+from pipeline.ledger.models import Delivery, Event, Receipt
+from pipeline.receipts.reports import parse_report
+from pipeline.receipts.sources import MaildirSource
+from tests.pipeline.delivery.conftest import ADAM_XCN, Clock
+from tests.pipeline.delivery.scenario import oru
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "receipts"
+
+
+@pytest.fixture
+def accepted(ledger: sessionmaker[Session], services: DeliveryServices, relay: object) -> Delivery:
+    """A delivery the relay accepted: waiting for its DSN and MDN."""
+    with ledger.begin() as session:
+        accept_bytes(session, oru("RCPT-1", ordering=ADAM_XCN, copy_to=""), services, source="t")
+    assert dict(dispatch_due(ledger, services).states) == {"accepted": 1}
+    return current(ledger)
+
+
+def current(ledger: sessionmaker[Session]) -> Delivery:
+    with ledger() as session:
+        return session.scalars(select(Delivery)).one()
+
+
+def report_for(fixture: str, delivery: Delivery | None) -> bytes:
+    """A fixture as it would come back for `delivery` (its IDs put in the fixture's place)."""
+    text = (FIXTURES / fixture).read_bytes()
+    if delivery is None:
+        return text
+    assert delivery.envelope_message_id is not None and delivery.envelope_id is not None
+    text = re.sub(
+        rb"<3f2a[0-9a-f]+@labdispatch\.localhost>", delivery.envelope_message_id.encode(), text
+    )
+    return re.sub(
+        rb"(?i)(Original-Envelope-Id:\s*)[0-9a-f]+", rb"\g<1>" + delivery.envelope_id.encode(), text
+    )
+
+
+def apply(ledger: sessionmaker[Session], data: bytes, clock: Clock, source: str = "t") -> None:
+    with ledger.begin() as session:
+        record_report(session, parse_report(data), source=source, now=clock())
+
+
+def test_dsn_delivered_moves_an_accepted_delivery_to_delivered(
+    ledger: sessionmaker[Session], accepted: Delivery, clock: Clock
+) -> None:
+    apply(ledger, report_for("postfix-dsn-delivered.eml", accepted), clock)
+
+    delivery = current(ledger)
+    assert delivery.state == "delivered" and delivery.delivered_at == clock.now
+
+
+def test_dsn_failure_after_acceptance_fails_the_delivery_with_the_diagnostic(
+    ledger: sessionmaker[Session], accepted: Delivery, clock: Clock
+) -> None:
+    apply(ledger, report_for("postfix-dsn-failed-5.1.1.eml", accepted), clock)
+
+    delivery = current(ledger)
+    assert delivery.state == "failed"
+    assert "5.1.1" in delivery.last_error and "550" in delivery.last_error
+
+
+def test_dsn_delayed_is_noted_and_changes_nothing(
+    ledger: sessionmaker[Session], accepted: Delivery, clock: Clock
+) -> None:
+    apply(ledger, report_for("postfix-dsn-delayed.eml", accepted), clock)
+
+    assert current(ledger).state == "accepted"
+    with ledger() as session:
+        (receipt,) = session.scalars(select(Receipt)).all()
+        assert (receipt.kind, receipt.disposition) == ("dsn", "delayed")
+        assert session.scalars(select(Event.kind).order_by(Event.id.desc())).first() == "receipt"
+
+
+def test_mdn_processed_then_displayed_ends_read_and_a_late_dsn_does_not_undo_it(
+    ledger: sessionmaker[Session], accepted: Delivery, clock: Clock
+) -> None:
+    apply(ledger, report_for("gateway-mdn-processed-crlf.eml", accepted), clock)
+    assert current(ledger).state == "delivered"
+    apply(ledger, report_for("thunderbird-mdn-displayed.eml", accepted), clock)
+    assert current(ledger).state == "read"
+
+    apply(ledger, report_for("postfix-dsn-delivered.eml", accepted), clock)
+    apply(ledger, report_for("postfix-dsn-failed-5.1.1.eml", accepted), clock)
+
+    delivery = current(ledger)
+    assert delivery.state == "read" and delivery.read_at is not None
+
+
+def test_a_report_read_twice_is_recorded_once(
+    ledger: sessionmaker[Session], accepted: Delivery, clock: Clock
+) -> None:
+    data = report_for("thunderbird-mdn-displayed.eml", accepted)
+    apply(ledger, data, clock)
+    apply(ledger, data, clock)
+
+    with ledger() as session:
+        assert len(session.scalars(select(Receipt)).all()) == 1
+
+
+def test_garbage_unmatched_and_foreign_mail_are_recorded_and_the_reader_goes_on(
+    ledger: sessionmaker[Session], accepted: Delivery, clock: Clock, tmp_path: Path
+) -> None:
+    inbox = tmp_path / "returns"
+    for folder in ("tmp", "new", "cur"):
+        (inbox / folder).mkdir(parents=True)
+    (inbox / "new" / "1").write_bytes(report_for("garbage.eml", None))
+    (inbox / "new" / "2").write_bytes(report_for("exchange-out-of-office.eml", None))
+    (inbox / "new" / "3").write_bytes(report_for("postfix-dsn-failed-5.1.1.eml", None))
+    (inbox / "new" / "4").write_bytes(report_for("thunderbird-mdn-displayed.eml", accepted))
+
+    with MaildirSource(inbox) as source:
+        recorded = collect_receipts(ledger, source, now=clock())
+    with MaildirSource(inbox) as source:
+        again = collect_receipts(ledger, source, now=clock())
+
+    assert sorted((r.kind, r.matched) for r in recorded) == [
+        ("dsn", False),  # about an envelope we never sent
+        ("mdn", True),
+        ("unrecognised", False),
+        ("unrecognised", False),
+    ]
+    assert again == []  # each was marked done at the source once recorded
+    assert current(ledger).state == "read"
+    with ledger() as session:
+        receipts = session.scalars(select(Receipt).order_by(Receipt.id)).all()
+        assert len(receipts) == 4
+        assert all(r.source.startswith("new/") for r in receipts)
+        unrecognised = [r for r in receipts if r.kind == "unrecognised"]
+        assert all(r.delivery_id is None and r.detail for r in unrecognised)
