@@ -1,0 +1,110 @@
+"""What the delivery steps are given: signers per laboratory, transports per channel kind."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pipeline.delivery.services import DeliveryServices, SignerRegistry, transport_factories
+from pipeline.errors import ConfigurationError
+from pipeline.sealing.demo_pki import DemoPki
+from pipeline.sealing.errors import SigningKeyUnavailable
+from pipeline.settings import Settings, SigningSettings, SmtpSettings
+from pipeline.transports.base import TransportConfigurationError
+from pipeline.transports.mailbox import MailboxTransport
+from pipeline.transports.smtp import SmtpTransport
+
+
+def pkcs12(pki: DemoPki, path: Path, password: str) -> Path:
+    """A .p12 made by stock openssl, as a laboratory's IT would export one."""
+    done = subprocess.run(
+        ["openssl", "pkcs12", "-export", "-in", str(pki.lab_certificate), "-inkey",
+         str(pki.lab_key), "-out", str(path), "-passout", f"pass:{password}"],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    return path
+
+
+def test_the_default_pem_signer_signs_for_every_laboratory(pki: DemoPki) -> None:
+    registry = SignerRegistry(SigningSettings(certificate=pki.lab_certificate, key=pki.lab_key))
+
+    signer = registry.for_laboratory("LABO-TEST")
+
+    assert signer.certificate.subject.rfc4514_string().startswith("CN=labdispatch demo")
+    assert registry.for_laboratory("LABO-TEST") is signer  # loaded once
+
+
+def test_a_laboratory_file_in_the_signing_directory_wins_over_the_default(
+    pki: DemoPki, tmp_path: Path
+) -> None:
+    folder = tmp_path / "signers"
+    folder.mkdir()
+    pkcs12(pki, folder / "LABO-NORD.p12", "s3cret")
+    (tmp_path / "password").write_text("s3cret\n")
+    registry = SignerRegistry(
+        SigningSettings(directory=folder, password_file=tmp_path / "password")
+    )
+
+    assert registry.for_laboratory("LABO-NORD").private_key is not None
+    with pytest.raises(SigningKeyUnavailable, match="no signing key for laboratory LABO-SUD"):
+        registry.for_laboratory("LABO-SUD")
+
+
+def test_a_wrong_pkcs12_password_is_a_specific_error_without_the_password(
+    pki: DemoPki, tmp_path: Path
+) -> None:
+    path = pkcs12(pki, tmp_path / "lab.p12", "right-one")
+    (tmp_path / "password").write_text("wrong-one")
+    registry = SignerRegistry(SigningSettings(pkcs12=path, password_file=tmp_path / "password"))
+
+    with pytest.raises(SigningKeyUnavailable) as caught:
+        registry.for_laboratory("LABO-TEST")
+    assert "wrong-one" not in str(caught.value) and "right-one" not in str(caught.value)
+
+
+def test_mail_without_a_relay_goes_to_the_outbox_and_with_one_to_smtp(tmp_path: Path) -> None:
+    embedded = Settings(var_dir=tmp_path / "var", database_url="sqlite://")
+    relayed = Settings(
+        var_dir=tmp_path / "var", database_url="sqlite://", smtp=SmtpSettings(host="relay.test")
+    )
+
+    outbox = transport_factories(embedded)["mail"]()
+    smtp = transport_factories(relayed)["mail"]()
+
+    assert isinstance(outbox, MailboxTransport)
+    assert outbox.destination("anyone@example.org") == f"maildir:{tmp_path / 'var' / 'outbox'}"
+    assert isinstance(smtp, SmtpTransport)
+    assert smtp.destination("anyone@example.org") == "smtp://relay.test:25"
+
+
+def test_https_without_a_client_certificate_is_a_configuration_error(tmp_path: Path) -> None:
+    settings = Settings(var_dir=tmp_path / "var", database_url="sqlite://")
+
+    with pytest.raises(TransportConfigurationError, match="LABDISPATCH_HTTPS_CLIENT_CERT"):
+        transport_factories(settings)["https"]()
+
+
+def test_services_from_settings_create_the_embedded_storage_key_once(tmp_path: Path) -> None:
+    settings = Settings(var_dir=tmp_path / "var", database_url="sqlite://")
+
+    first = DeliveryServices.from_settings(settings)
+    second = DeliveryServices.from_settings(settings)
+
+    assert (tmp_path / "var" / "storage.key").is_file()
+    assert first.cipher.current == second.cipher.current
+    assert first.mail_domain == "labdispatch.localhost"
+
+
+def test_a_named_storage_key_file_that_is_missing_is_not_invented(tmp_path: Path) -> None:
+    settings = Settings(
+        var_dir=tmp_path / "var",
+        database_url="sqlite://",
+        storage_key_file=tmp_path / "etc" / "storage.key",
+    )
+
+    with pytest.raises(ConfigurationError, match="cannot read the storage key file"):
+        DeliveryServices.from_settings(settings)
+    assert not (tmp_path / "etc").exists()
