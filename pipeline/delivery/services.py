@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 
+from pipeline.closing import Closing
 from pipeline.errors import ConfigurationError
 from pipeline.ledger.storage import StorageCipher
 from pipeline.sealing.errors import SigningKeyUnavailable
@@ -69,7 +69,7 @@ class SignerRegistry:
 
 
 @dataclass
-class DeliveryServices:
+class DeliveryServices(Closing):
     cipher: StorageCipher
     signers: SignerRegistry
     factories: Mapping[str, TransportFactory]
@@ -114,17 +114,6 @@ class DeliveryServices:
         for transport in self._open.values():
             transport.close()
         self._open.clear()
-
-    def __enter__(self) -> DeliveryServices:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def transport_factories(settings: Settings) -> dict[str, TransportFactory]:

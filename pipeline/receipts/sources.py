@@ -30,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Protocol, Self
 
+from pipeline.closing import Closing
 from pipeline.errors import ConfigurationError, LabdispatchError
 
 __all__ = [
@@ -107,7 +108,7 @@ def _check_limit(limit: int) -> None:
 # --- Maildir ----------------------------------------------------------------------------------
 
 
-class MaildirSource:
+class MaildirSource(Closing):
     """Reports delivered by the mail server into a Maildir (new/, cur/, tmp/).
 
     Pending: every file in new/, and every file in cur/ without the Seen flag (a mail
@@ -173,17 +174,6 @@ class MaildirSource:
 
     def close(self) -> None:
         """Nothing is held open; here so both sources are used the same way."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _done_path(self, unique: str, flags: str) -> Path:
         return self.path / "cur" / f"{unique}:2,{''.join(sorted(set(flags) | {'S'}))}"

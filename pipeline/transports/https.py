@@ -23,9 +23,9 @@ import http.client
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import SplitResult, urlsplit
 
+from pipeline.closing import Closing
 from pipeline.transports.base import (
     Envelope,
     Outcome,
@@ -73,7 +73,7 @@ class _Unusable(Exception):
     """The address can never be posted to."""
 
 
-class HttpsTransport:
+class HttpsTransport(Closing):
     """Posts envelopes over mutual TLS; see the module docstring for the outcome rules."""
 
     kind = "https"
@@ -116,17 +116,6 @@ class HttpsTransport:
         connections, self._connections = self._connections, {}
         for connection in connections.values():
             connection.close()
-
-    def __enter__(self) -> HttpsTransport:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- internals ------------------------------------------------------------------------
 

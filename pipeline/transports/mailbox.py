@@ -25,8 +25,8 @@ import hashlib
 import os
 import secrets
 from pathlib import Path, PurePosixPath
-from types import TracebackType
 
+from pipeline.closing import Closing
 from pipeline.transports.base import (
     Envelope,
     Outcome,
@@ -42,7 +42,7 @@ class _Refused(Exception):
     """The address names no Maildir we may write: permanent, whatever is retried."""
 
 
-class MailboxTransport:
+class MailboxTransport(Closing):
     """Writes envelopes into Maildirs under `root`.
 
     An address is a Maildir name relative to `root` (`sophie.martin`, `cabinet/dr-leroy`)
@@ -112,17 +112,6 @@ class MailboxTransport:
 
     def close(self) -> None:
         """Nothing is held open between sends."""
-
-    def __enter__(self) -> MailboxTransport:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- where --------------------------------------------------------------------------
 

@@ -25,8 +25,8 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
+from pipeline.closing import Closing
 from pipeline.transports.base import (
     Envelope,
     Outcome,
@@ -107,7 +107,7 @@ class _ConnectionLost(Exception):
         self.error = error
 
 
-class SmtpTransport:
+class SmtpTransport(Closing):
     """Sends each envelope as one SMTP transaction (MAIL, RCPT, DATA) on a shared
     connection; see the module docstring for the outcome rules."""
 
@@ -163,17 +163,6 @@ class SmtpTransport:
             smtp.quit()
         except (smtplib.SMTPException, OSError):
             smtp.close()
-
-    def __enter__(self) -> SmtpTransport:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- one transaction ------------------------------------------------------------------
 

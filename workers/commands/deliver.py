@@ -9,7 +9,6 @@ without workers or a broker: the same pipeline services the Celery tasks call.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,10 @@ from pipeline.delivery.intake import Accepted, accept_bytes
 from pipeline.delivery.services import DeliveryServices
 from pipeline.ledger.models import Delivery
 from pipeline.settings import Settings
+from workers.commands.hl7_files import EXIT_UNREADABLE, add_files_argument, read_file
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1  # a message refused, or a delivery failed or unroutable
-EXIT_UNREADABLE = 2
 
 
 def register(commands: Any) -> None:
@@ -33,9 +32,7 @@ def register(commands: Any) -> None:
         help="record HL7 files in the ledger, then seal and send their results now",
         description=__doc__,
     )
-    deliver.add_argument(
-        "files", nargs="+", type=Path, metavar="FILE", help="HL7 files; - reads standard input"
-    )
+    add_files_argument(deliver)
     deliver.add_argument(
         "--no-send", action="store_true", help="record and route only; send later with dispatch"
     )
@@ -57,10 +54,8 @@ def run_deliver(args: argparse.Namespace) -> int:
     delivery_ids: list[int] = []
     with DeliveryServices.from_settings(settings) as services:
         for path in args.files:
-            try:
-                data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
-            except OSError as error:
-                print(f"{path}: cannot read: {error.strerror or error}", file=sys.stderr)
+            data = read_file(path)
+            if data is None:
                 status = max(status, EXIT_UNREADABLE)
                 continue
             with sessions.begin() as session:

@@ -21,9 +21,9 @@ from pipeline.hl7.conformance import strict_findings
 from pipeline.hl7.intake import IntakeResult, read_results
 from pipeline.recipients.routing import RoutedRecipient, route
 from pipeline.settings import Settings
+from workers.commands.hl7_files import EXIT_UNREADABLE, add_files_argument, read_file
 
 EXIT_REJECTED = 1
-EXIT_UNREADABLE = 2
 
 
 def register(commands: Any) -> None:
@@ -32,9 +32,7 @@ def register(commands: Any) -> None:
         help="read HL7 files and show each result's sender, status and recipients",
         description=__doc__,
     )
-    parser.add_argument(
-        "files", nargs="+", type=Path, metavar="FILE", help="HL7 files; - reads standard input"
-    )
+    add_files_argument(parser)
     parser.add_argument("--json", action="store_true", help="one JSON object per message per line")
     parser.add_argument(
         "--strict",
@@ -60,10 +58,8 @@ def inspect_files(args: argparse.Namespace, session: Session | None) -> int:
     """Report every message of every file; the exit status says whether any was refused."""
     status = 0
     for path in args.files:
-        try:
-            data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
-        except OSError as error:
-            print(f"{path}: cannot read: {error.strerror or error}", file=sys.stderr)
+        data = read_file(path)
+        if data is None:
             status = max(status, EXIT_UNREADABLE)
             continue
         seen = 0
