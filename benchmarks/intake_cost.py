@@ -10,13 +10,12 @@ largest corpus file, beside a full hl7apy `parse_message` of the same bytes for 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
+from timing import measure  # benchmarks/timing.py (scripts run from this folder)
 
 from pipeline.hl7.intake import read_results
 
@@ -44,18 +43,6 @@ def fifteen_segment_oru() -> bytes:
         )
     assert len(segments) == 15
     return ("\r".join(segments) + "\r").encode("utf-8")
-
-
-def measure(function: Callable[[], object], rounds: int) -> tuple[float, float]:
-    for _ in range(min(20, rounds)):
-        function()
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        function()
-        samples.append(time.perf_counter() - start)
-    samples.sort()
-    return statistics.median(samples) * 1000, samples[int(len(samples) * 0.95) - 1] * 1000
 
 
 def hl7apy_full(data: bytes) -> Callable[[], object]:

@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import base64
 import random
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
+from timing import measure  # benchmarks/timing.py (scripts run from this folder)
 
 from pipeline.hl7.documents import extract_documents, message_charset
 from pipeline.hl7.intake import IntakeResult, read_results
@@ -59,18 +58,6 @@ def result_message(control_id: str, pdf_size: int = 0) -> bytes:
             "||||||F"
         )
     return ("\r".join(segments) + "\r").encode("utf-8")
-
-
-def measure(function: Callable[[], object], rounds: int) -> tuple[float, float]:
-    for _ in range(min(20, rounds)):
-        function()
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        function()
-        samples.append(time.perf_counter() - start)
-    samples.sort()
-    return statistics.median(samples) * 1000, samples[int(len(samples) * 0.95) - 1] * 1000
 
 
 def envelope_maker(
