@@ -62,6 +62,7 @@ class ReceiptSettings:
     imap_username: str = ""
     imap_password_file: Path | None = None
     imap_mailbox: str = "INBOX"
+    imap_ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class Settings:
                 imap_username=read.text("RECEIPTS_IMAP_USERNAME"),
                 imap_password_file=read.path("RECEIPTS_IMAP_PASSWORD_FILE"),
                 imap_mailbox=read.text("RECEIPTS_IMAP_MAILBOX") or "INBOX",
+                imap_ca_file=read.path("RECEIPTS_IMAP_CA_FILE"),
             ),
         )
 

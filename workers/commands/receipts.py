@@ -60,5 +60,6 @@ def _source(settings: Settings, maildir: Path | None) -> ReportSource:
             password.decode() if password is not None else "",
             mailbox=receipts.imap_mailbox,
             tls=cast(TlsMode, receipts.imap_tls),
+            ca_file=receipts.imap_ca_file,
         )
     return MaildirSource(maildir or settings.receipts_maildir_path)

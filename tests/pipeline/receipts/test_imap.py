@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import imaplib
 import socket
+from pathlib import Path
 
 import pytest
 
 from pipeline.errors import ConfigurationError, LabdispatchError
 from pipeline.receipts.reports import parse_report
 from pipeline.receipts.sources import ImapSource, ReceiptSourceUnavailable, ReportSource, TlsMode
+from workers.cli import main
 
 from .conftest import RECEIPT_FIXTURES, Dovecot
 
@@ -201,3 +203,36 @@ def test_bad_settings_are_configuration_errors() -> None:
         ImapSource("h", 1, "u", "p", tls="ssl")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="mailbox"):
         ImapSource("h", 1, "u", "p", "Reçus")
+
+
+def test_receipts_collect_reads_the_imap_inbox_named_in_settings(
+    dovecot: Dovecot,
+    cli_env: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    mailbox = dovecot.new_mailbox()
+    for name in FIXTURES:
+        dovecot.deliver(mailbox, (RECEIPT_FIXTURES / name).read_bytes())
+    password = tmp_path / "imap-password"
+    password.write_text(dovecot.password + "\n")
+    for name, value in {
+        "HOST": dovecot.host,
+        "PORT": str(dovecot.imaps_port),
+        "TLS": "implicit",
+        "USERNAME": dovecot.username,
+        "PASSWORD_FILE": str(password),
+        "MAILBOX": mailbox,
+        "CA_FILE": str(dovecot.ca_file),
+    }.items():
+        monkeypatch.setenv(f"LABDISPATCH_RECEIPTS_IMAP_{name}", value)
+
+    assert main(["receipts", "collect"]) == 0
+    # No delivery in this ledger matches them: recorded all the same, as unmatched.
+    assert capsys.readouterr().out == (
+        "1 dsn failed (unmatched)\n1 mdn displayed (unmatched)\n1 mdn processed (unmatched)\n"
+    )
+    assert set(seen_flags(dovecot, mailbox).values()) == {True}
+    assert main(["receipts", "collect"]) == 0
+    assert capsys.readouterr().out == "no new report\n"
