@@ -14,6 +14,7 @@ reason and never sent in clear.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,6 +35,8 @@ from pipeline.sealing.content import ResultSummary, build_content
 from pipeline.sealing.keys import check_signer, recipient_certificate
 from pipeline.sealing.smime import EnvelopeHeaders, seal, subject_for
 from pipeline.transports.base import Envelope, Outcome, SendResult, TransportConfigurationError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,6 +85,17 @@ def dispatch_delivery(session: Session, delivery: Delivery, services: DeliverySe
             seal_delivery(session, delivery, services)
         except LabdispatchError as error:
             _fail(session, delivery, f"not sealed: {error}", services.clock())
+            return delivery.state
+        except Exception as error:
+            # A bug of ours must not stop the other deliveries (ARCHITECTURE rule 3). The
+            # type and the delivery only: an exception's text may quote the message.
+            logger.exception("sealing delivery %s failed", delivery.id)
+            _fail(
+                session,
+                delivery,
+                f"not sealed: internal error ({type(error).__name__}); see the logs, then replay",
+                services.clock(),
+            )
             return delivery.state
         session.commit()
     return send_delivery(session, delivery, services)
@@ -155,6 +169,17 @@ def send_delivery(session: Session, delivery: Delivery, services: DeliveryServic
     except TransportConfigurationError as error:
         destination = kind
         result = SendResult(Outcome.TRANSIENT, f"not sent: {error}")
+    except Exception as error:
+        # Transports answer with outcomes; an exception is a bug, and must not stop the
+        # other deliveries. Whether the far side got it is unknown: retrying resends the
+        # same envelope under the same Message-ID, which the far side can de-duplicate.
+        logger.exception("sending delivery %s failed", delivery.id)
+        services.discard(kind)  # its connection may be in any state: start afresh
+        destination = kind
+        result = SendResult(
+            Outcome.TRANSIENT,
+            f"not sent: internal error in the {kind} transport ({type(error).__name__})",
+        )
     finished = services.clock()
 
     delivery.attempts += 1

@@ -7,6 +7,7 @@ and kept for the life of the object, so a run of envelopes reuses one SMTP conne
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -106,6 +107,13 @@ class DeliveryServices(Closing):
             transport = factory()
             self._open[kind] = transport
         return transport
+
+    def discard(self, kind: str) -> None:
+        """Close and forget the transport of a kind; the next use opens a new one."""
+        transport = self._open.pop(kind, None)
+        if transport is not None:
+            with contextlib.suppress(Exception):  # it is being thrown away for misbehaving
+                transport.close()
 
     def policy(self, kind: str) -> RetryPolicy:
         return self.policies.get(kind) or DEFAULT_POLICIES["mail"]

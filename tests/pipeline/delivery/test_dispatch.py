@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -11,6 +12,8 @@ from pipeline.delivery.dispatch import dispatch_due
 from pipeline.delivery.intake import accept_bytes
 from pipeline.delivery.services import DeliveryServices
 from pipeline.ledger.models import Attempt, Delivery, Event
+from pipeline.transports.base import Envelope, SendResult
+from pipeline.transports.mailbox import MailboxTransport
 from pipeline.transports.retry import RetryPolicy
 from tests.pipeline.delivery.conftest import (
     ADAM_MAIL,
@@ -166,3 +169,30 @@ def test_a_channel_without_transport_settings_waits_instead_of_crashing(
     delivery = only_delivery(ledger)
     assert dict(report.states) == {"retrying": 1}
     assert "no transport for channel kind 'mail'" in delivery.last_error
+
+
+class ExplodingTransport(MailboxTransport):
+    """A transport with a bug: raises instead of answering with an outcome."""
+
+    def send(self, envelope: Envelope) -> SendResult:
+        raise RuntimeError("DUPONT Hélène K+ 5.9")  # as if a message's data leaked into it
+
+
+def test_a_bug_in_a_transport_does_not_stop_the_other_deliveries(
+    ledger: sessionmaker[Session], services: DeliveryServices, relay: Relay, tmp_path: Path
+) -> None:
+    working = services.factories["mail"]
+    made = iter([ExplodingTransport(tmp_path), working()])
+    services.factories = {**services.factories, "mail": lambda: next(made)}
+    accept(ledger, services, oru("R-BUG-1", ordering=ADAM_XCN, copy_to=""))
+    accept(ledger, services, oru("R-BUG-2", ordering=ADAM_XCN, copy_to=""))
+
+    report = dispatch_due(ledger, services)
+
+    # The broken transport was thrown away; the next delivery went out on a fresh one.
+    assert dict(report.states) == {"retrying": 1, "accepted": 1}
+    assert len(relay.handler.messages) == 1
+    with ledger() as session:
+        broken = session.scalars(select(Delivery).where(Delivery.state == "retrying")).one()
+        assert broken.last_error == "not sent: internal error in the mail transport (RuntimeError)"
+        assert "DUPONT" not in " ".join(session.scalars(select(Event.detail)))
