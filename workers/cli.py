@@ -8,10 +8,12 @@ traceback, which could carry patient data) and exit 70, unless LABDISPATCH_DEBUG
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
+from typing import Any
 
 from pipeline.errors import LabdispatchError
 from workers.commands import deliver, directory, inspect, pki, receipts, trace
@@ -44,9 +46,51 @@ def _version() -> str:
         return "unknown"
 
 
+class _NoTraceback(logging.Formatter):
+    """Log lines for an operator's terminal: the message only. A traceback (and an
+    exception's text) may quote a result; LABDISPATCH_DEBUG=1 shows them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord(record.__dict__)
+        record.exc_info = record.exc_text = record.stack_info = None
+        return super().format(record)
+
+
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is at the time (tests swap it), not the one at start."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+class _Debug(logging.Formatter):
+    """Everything, tracebacks included: for a developer who asked for it."""
+
+
+def _configure_logging() -> None:
+    """Warnings and errors to stderr, one line each; called once per process."""
+    root = logging.getLogger()
+    if any(isinstance(h, _Stderr) for h in root.handlers):
+        return
+    handler = _Stderr()
+    if os.environ.get("LABDISPATCH_DEBUG") == "1":
+        handler.setFormatter(_Debug("labdispatch: %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(_NoTraceback("labdispatch: %(levelname)s: %(message)s"))
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _configure_logging()
     try:
         status: int = args.handler(args)
     except LabdispatchError as error:

@@ -8,6 +8,9 @@ opens it.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,3 +163,26 @@ def test_dispatch_with_nothing_due_says_so(
 ) -> None:
     assert main(["dispatch"]) == 0
     assert capsys.readouterr().out == "nothing due\n"
+
+
+def test_an_internal_error_is_logged_as_one_line_without_traceback_or_data() -> None:
+    script = (
+        "import logging\n"
+        "from workers.cli import _configure_logging\n"
+        "_configure_logging()\n"
+        "try:\n"
+        "    raise RuntimeError('DUPONT Hélène K+ 5.9')\n"
+        "except RuntimeError:\n"
+        "    logging.getLogger('pipeline.delivery.dispatch').exception("
+        "'sending delivery %s failed', 7)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k != "LABDISPATCH_DEBUG"},
+    )
+
+    assert done.returncode == 0
+    assert done.stderr == "labdispatch: ERROR: sending delivery 7 failed\n"
