@@ -52,13 +52,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType, TracebackType
+from types import ModuleType
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline.closing import Closing
 from pipeline.db import database_url, make_engine, migrate, safe_url, session_factory
 from pipeline.delivery import dispatch, intake
 from pipeline.delivery.record import NEW
@@ -314,7 +315,7 @@ def wrapped(module: ModuleType, name: str, replacement: Callable[..., Any]) -> I
         setattr(module, name, original)
 
 
-class TimedTransport:
+class TimedTransport(Closing):
     """A transport whose `send` is timed; everything else goes to the real one."""
 
     def __init__(self, inner: Transport, watch: Stopwatch, bucket: str) -> None:
@@ -332,17 +333,6 @@ class TimedTransport:
 
     def close(self) -> None:
         self.inner.close()
-
-    def __enter__(self) -> TimedTransport:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # --- the relay, in its own process -------------------------------------------------------------
