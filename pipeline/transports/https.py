@@ -220,7 +220,9 @@ def _result(response: http.client.HTTPResponse, body: bytes) -> SendResult:
     if snippet:
         evidence = f"{evidence}: {snippet[:_EVIDENCE_BODY_CHARS]}"
     if 200 <= status < 300:
-        return SendResult(Outcome.ACCEPTED, evidence)
+        # The channel's URL is the recipient's own inbox (their practice software or their
+        # provider's API), not a relay: once it answers 2xx the result is in their hands.
+        return SendResult(Outcome.ACCEPTED, evidence, delivered=True)
     if status in RETRYABLE_STATUSES or 500 <= status < 600:
         retry_after = response.getheader("Retry-After")
         if retry_after:

@@ -37,6 +37,8 @@ ADAM_MAIL = "adam.hoda@hoda.mssante.example"
 PATIENT = "dominique.pat"
 SHORT_LIVED = "short.lived"  # a certificate valid for one day
 SHORT_LIVED_MAIL = "pierre.court@court.mssante.example"
+BERNARD = "luc.bernard"  # receives over HTTPS (see test_https_delivery.py)
+BERNARD_XCN = "810000000003^BERNARD^Luc^^^DR^^^ASIP-SANTE-PS&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS"
 UNEQUIPPED = "no.certificate"
 UNEQUIPPED_MAIL = "sans.certificat@cabinet.example"
 IDNPS = "ASIP-SANTE-PS&1.2.250.1.71.4.2.1&ISO"
@@ -62,7 +64,7 @@ class Clock:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> DemoPki:
     folder = tmp_path_factory.mktemp("pki")
     create_demo_pki(folder, {SHORT_LIVED: None}, days=1)
-    return create_demo_pki(folder, {ADAM: ADAM_MAIL, PATIENT: None})
+    return create_demo_pki(folder, {ADAM: ADAM_MAIL, PATIENT: None, BERNARD: None})
 
 
 @pytest.fixture

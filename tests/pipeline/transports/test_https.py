@@ -9,12 +9,8 @@ from cryptography.hazmat.primitives import serialization
 
 from pipeline.transports.base import Outcome, TransportConfigurationError
 from pipeline.transports.https import HttpsConfig, HttpsTransport
-from tests.pipeline.transports.conftest import (
-    CLIENT_COMMON_NAME,
-    HttpsEndpoint,
-    Pki,
-    envelope,
-)
+from tests.https_endpoint import CLIENT_COMMON_NAME, HttpsEndpoint, Pki
+from tests.pipeline.transports.conftest import envelope
 from tests.smtp_relay import free_port
 
 
@@ -43,6 +39,7 @@ def test_post_carries_the_envelope_with_its_ids_over_mutual_tls(
     result = https.send(sent)
 
     assert result.outcome is Outcome.ACCEPTED
+    assert result.delivered  # the URL is the recipient's own inbox, not a relay
     assert result.evidence == '201 Created: {"receipt": "R1"}'
     [post] = endpoint.posts
     assert post.path == "/inbox?cabinet=12"

@@ -10,7 +10,8 @@ import pytest
 
 from pipeline.transports.base import Outcome, TransportConfigurationError
 from pipeline.transports.smtp import SmtpConfig, SmtpTransport
-from tests.pipeline.transports.conftest import Pki, envelope
+from tests.https_endpoint import Pki
+from tests.pipeline.transports.conftest import envelope
 from tests.smtp_relay import Relay, RelayFactory, RelayHandler, free_port
 
 
