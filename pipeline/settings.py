@@ -72,6 +72,9 @@ class Settings:
     storage_key_file: Path | None = None
     #: From, return path (DSNs) and Disposition-Notification-To (MDNs) of every envelope.
     mail_from: str = "results@labdispatch.localhost"
+    #: MSH-11 processing IDs whose results are delivered; others are recorded and held, so
+    #: a training (T) or debugging (D) message never reaches a real clinician by default.
+    processing_ids: tuple[str, ...] = ("P",)
     mailbox_root: Path | None = None
     outbox_dir: Path | None = None
     signing: SigningSettings = field(default_factory=SigningSettings)
@@ -102,6 +105,7 @@ class Settings:
             database_url=database_url,
             storage_key_file=read.path("STORAGE_KEY_FILE"),
             mail_from=read.text("MAIL_FROM") or cls.mail_from,
+            processing_ids=read.processing_ids("DELIVER_PROCESSING_IDS"),
             mailbox_root=read.path("MAILBOX_ROOT"),
             outbox_dir=read.path("OUTBOX_DIR"),
             signing=SigningSettings(
@@ -189,6 +193,19 @@ class _Reader:
         if number <= 0:
             raise ConfigurationError(f"{PREFIX}{name} must be positive, not {value!r}")
         return number
+
+    def processing_ids(self, name: str) -> tuple[str, ...]:
+        value = self.text(name)
+        if not value:
+            return ("P",)
+        ids = tuple(part.strip().upper() for part in value.split(",") if part.strip())
+        unknown = [part for part in ids if part not in ("P", "T", "D")]
+        if unknown or not ids:
+            raise ConfigurationError(
+                f"{PREFIX}{name} must list processing IDs among P, T, D (e.g. P or P,T), "
+                f"not {value!r}"
+            )
+        return ids
 
     def number(self, name: str, default: float) -> float:
         value = self.text(name)

@@ -7,6 +7,7 @@ PostgreSQL run would let a SQLite-only bug through unnoticed.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import uuid
@@ -109,6 +110,12 @@ def cli_env(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("LABDISPATCH_DATABASE_URL", database_url)
     monkeypatch.setenv("LABDISPATCH_VAR_DIR", str(tmp_path / "var"))
     monkeypatch.delenv("LABDISPATCH_DEBUG", raising=False)
+    if not database_url.startswith("sqlite"):
+        # Beside PostgreSQL, an operator names the storage key (it is not made up in var/).
+        key_file = tmp_path / "keys" / "storage.key"
+        key_file.parent.mkdir()
+        key_file.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+        monkeypatch.setenv("LABDISPATCH_STORAGE_KEY_FILE", str(key_file))
     return database_url
 
 

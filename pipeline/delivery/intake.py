@@ -16,7 +16,10 @@ from pipeline.delivery.record import Recorded, record_message
 from pipeline.delivery.routing import RouteReport, route_message
 from pipeline.delivery.services import DeliveryServices
 from pipeline.hl7.intake import IntakeResult, read_results
+from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Message
+
+PROCESSING_WORDS = {"P": "production", "T": "training", "D": "debugging"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,19 @@ def accept_result(
     if not recorded.to_deliver:
         return Accepted(result, recorded)
     message = session.get_one(Message, recorded.message_id)
+    if message.processing_id not in services.processing_ids:
+        message.state = "held"
+        word = PROCESSING_WORDS.get(message.processing_id, "?")
+        delivered = ", ".join(services.processing_ids)
+        record_event(
+            session,
+            message,
+            "held",
+            f"processing ID {message.processing_id} ({word}): not delivered here, where only "
+            f"{delivered} is (LABDISPATCH_DELIVER_PROCESSING_IDS)",
+            now,
+        )
+        return Accepted(result, recorded)
     report = route_message(
         session, message, result.facts, mail_domain=services.mail_domain, now=now
     )

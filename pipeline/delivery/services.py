@@ -75,6 +75,8 @@ class DeliveryServices(Closing):
     signers: SignerRegistry
     factories: Mapping[str, TransportFactory]
     mail_from: str = "results@labdispatch.localhost"
+    #: MSH-11 processing IDs delivered on this platform (see `Settings.processing_ids`).
+    processing_ids: tuple[str, ...] = ("P",)
     policies: Mapping[str, RetryPolicy] = field(default_factory=lambda: dict(DEFAULT_POLICIES))
     clock: Callable[[], datetime] = utc_now
     rng: random.Random = field(default_factory=random.Random)
@@ -83,6 +85,14 @@ class DeliveryServices(Closing):
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryServices:
         settings.ensure_var_dir()
+        if settings.storage_key_file is None and not settings.uses_embedded_database:
+            # A key generated under var/ beside a PostgreSQL ledger would be lost with the
+            # host, and every stored message with it: production names its key file.
+            raise ConfigurationError(
+                "LABDISPATCH_STORAGE_KEY_FILE must name the key that encrypts stored results "
+                "when the ledger is not the embedded SQLite file (create one with: "
+                "head -c 32 /dev/urandom | base64 > storage.key; chmod 600 storage.key)"
+            )
         cipher = StorageCipher.from_file(
             settings.storage_key_path, create=settings.storage_key_file is None
         )
@@ -91,6 +101,7 @@ class DeliveryServices(Closing):
             signers=SignerRegistry(settings.signing),
             factories=transport_factories(settings),
             mail_from=settings.mail_from,
+            processing_ids=settings.processing_ids,
         )
 
     @property

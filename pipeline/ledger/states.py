@@ -8,8 +8,9 @@ delivery back (a DSN "delivered" arriving after the MDN "displayed" leaves it re
 from __future__ import annotations
 
 #: received: recorded, not yet routed; routed: deliveries exist; unroutable: nobody it names
-#: is in the directory; held: the same control ID came again with different content and
-#: waits for a person.
+#: is in the directory; held: not to be delivered as it stands (the same control ID came
+#: again with different content, or a training / debugging message on a production
+#: platform), kept for a person to see.
 MESSAGE_STATES = ("received", "routed", "unroutable", "held")
 
 #: pending: waiting for its first try; retrying: a transient failure, next try scheduled;
@@ -43,6 +44,7 @@ EVENT_KINDS = (
     "parsed",
     "duplicate",
     "conflict",
+    "held",
     "routed",
     "unroutable",
     "sealed",

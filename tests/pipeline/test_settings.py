@@ -57,3 +57,13 @@ def test_delivery_settings_are_read_from_the_environment() -> None:
 def test_unusable_values_are_named(name: str, value: str, expected: str) -> None:
     with pytest.raises(ConfigurationError, match=expected):
         Settings.from_env({name: value})
+
+
+def test_only_production_results_are_delivered_unless_said_otherwise() -> None:
+    assert Settings.from_env({}).processing_ids == ("P",)
+    assert Settings.from_env({"LABDISPATCH_DELIVER_PROCESSING_IDS": "p, t"}).processing_ids == (
+        "P",
+        "T",
+    )
+    with pytest.raises(ConfigurationError, match="among P, T, D"):
+        Settings.from_env({"LABDISPATCH_DELIVER_PROCESSING_IDS": "P,X"})

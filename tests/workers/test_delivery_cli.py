@@ -186,3 +186,18 @@ def test_an_internal_error_is_logged_as_one_line_without_traceback_or_data() -> 
 
     assert done.returncode == 0
     assert done.stderr == "labdispatch: ERROR: sending delivery 7 failed\n"
+
+
+def test_deliver_says_a_training_message_is_held(
+    equipped: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = tmp_path / "training.hl7"
+    result.write_bytes(oru("CLI-T").replace(b"|P|2.5|", b"|T|2.5|"))
+
+    status = main(["deliver", str(result)])
+
+    assert status == 0
+    assert capsys.readouterr().out == (
+        f"{result} #1: LABO-TEST CLI-T: recorded and held, not delivered: processing ID T is "
+        "not delivered here (LABDISPATCH_DELIVER_PROCESSING_IDS)\n"
+    )

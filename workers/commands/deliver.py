@@ -118,7 +118,12 @@ def _describe(path: Path, item: Accepted) -> str:
             f"{recorded.revision} and held for review"
         )
     route = item.route
-    assert route is not None
+    if route is None:  # recorded, then held before routing
+        processing_id = result.facts.processing_id if result.facts else "?"
+        return (
+            f"{head}: recorded and held, not delivered: processing ID {processing_id} is not "
+            "delivered here (LABDISPATCH_DELIVER_PROCESSING_IDS)"
+        )
     return f"{head}: recorded, {route.routed} recipient(s)" + (
         f", {route.unroutable} not in the directory" if route.unroutable else ""
     )

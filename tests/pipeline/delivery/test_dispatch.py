@@ -196,3 +196,30 @@ def test_a_bug_in_a_transport_does_not_stop_the_other_deliveries(
         broken = session.scalars(select(Delivery).where(Delivery.state == "retrying")).one()
         assert broken.last_error == "not sent: internal error in the mail transport (RuntimeError)"
         assert "DUPONT" not in " ".join(session.scalars(select(Event.detail)))
+
+
+def test_a_training_message_is_recorded_and_held_never_delivered(
+    ledger: sessionmaker[Session], services: DeliveryServices, relay: Relay
+) -> None:
+    training = oru("R-TRAIN", ordering=ADAM_XCN, copy_to="").replace(b"|P|2.5|", b"|T|2.5|")
+    accept(ledger, services, training)
+
+    dispatch_due(ledger, services)
+
+    assert relay.handler.messages == []
+    with ledger() as session:
+        assert session.scalar(select(func.count()).select_from(Delivery)) == 0
+        (held,) = session.scalars(select(Event).where(Event.kind == "held")).all()
+        assert held.detail.startswith("processing ID T (training): not delivered here")
+
+
+def test_a_test_platform_may_deliver_training_messages(
+    ledger: sessionmaker[Session], services: DeliveryServices, relay: Relay
+) -> None:
+    services.processing_ids = ("P", "T")
+    training = oru("R-TRAIN", ordering=ADAM_XCN, copy_to="").replace(b"|P|2.5|", b"|T|2.5|")
+    accept(ledger, services, training)
+
+    dispatch_due(ledger, services)
+
+    assert len(relay.handler.messages) == 1

@@ -108,3 +108,13 @@ def test_a_named_storage_key_file_that_is_missing_is_not_invented(tmp_path: Path
     with pytest.raises(ConfigurationError, match="cannot read the storage key file"):
         DeliveryServices.from_settings(settings)
     assert not (tmp_path / "etc").exists()
+
+
+def test_beside_postgresql_the_storage_key_must_be_named(tmp_path: Path) -> None:
+    settings = Settings(
+        var_dir=tmp_path / "var", database_url="postgresql+psycopg://ledger.example/labdispatch"
+    )
+
+    with pytest.raises(ConfigurationError, match="LABDISPATCH_STORAGE_KEY_FILE must name"):
+        DeliveryServices.from_settings(settings)
+    assert not (tmp_path / "var" / "storage.key").exists()
