@@ -151,8 +151,7 @@ def recipient_certificate(
         raise RecipientCertificateNotYetValid(
             recipient_key,
             f"recipient {recipient_key}'s certificate is not valid before"
-            f" {_day(first.not_valid_before_utc)}; deliveries resume then, or add their"
-            " current certificate",
+            f" {_day(first.not_valid_before_utc)}: add their current certificate",
         )
     latest = max(certificates, key=lambda c: c.not_valid_after_utc)
     raise RecipientCertificateExpired(
