@@ -46,7 +46,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -55,12 +54,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, func, select, text
-from sqlalchemy.exc import OperationalError
+from scratch_database import postgres_database  # benchmarks/scratch_database.py
+from sqlalchemy import Engine, event, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.closing import Closing
-from pipeline.db import database_url, make_engine, migrate, safe_url, session_factory
+from pipeline.db import make_engine, migrate, safe_url, session_factory
 from pipeline.delivery import dispatch, intake
 from pipeline.delivery.record import NEW
 from pipeline.delivery.routing import route_message
@@ -689,35 +688,6 @@ def filesystem(path: Path) -> str:
     except OSError:
         pass
     return kind
-
-
-@contextmanager
-def postgres_database(admin_url: str) -> Iterator[str]:
-    """A fresh database on the server, dropped afterwards; yields its URL."""
-    admin = create_engine(
-        database_url(admin_url), isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5}
-    )
-    name = f"labdispatch_bench_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as error:
-        admin.dispose()
-        reason = str(error.orig or error).strip().splitlines()[0]
-        sys.exit(f"PostgreSQL is not reachable at {safe_url(admin_url)} ({reason})")
-    try:
-        yield admin.url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE datname = :name AND pid <> pg_backend_pid()"
-                ),
-                {"name": name},
-            )
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
 
 
 def main() -> None:

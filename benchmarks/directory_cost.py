@@ -11,15 +11,15 @@ to measure SQLite only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from scratch_database import postgres_database  # benchmarks/scratch_database.py
 
-from pipeline.db import database_url, open_database
+from pipeline.db import open_database
 from pipeline.recipients.directory_csv import import_directory
 from pipeline.recipients.identifiers import RPPS, Identifier
 from pipeline.recipients.resolve import resolve_many
@@ -73,33 +73,15 @@ def main() -> None:
         csv_path = Path(folder) / "directory.csv"
         write_csv(csv_path, args.recipients)
         targets = [("SQLite", f"sqlite:///{Path(folder) / 'bench.db'}")]
-        admin = None
-        name = f"labdispatch_bench_{uuid.uuid4().hex[:12]}"
-        if args.postgres:
-            admin = create_engine(database_url(args.postgres), isolation_level="AUTOCOMMIT")
-            with admin.connect() as connection:
-                connection.execute(text(f'CREATE DATABASE "{name}"'))
-            url = admin.url.set(database=name).render_as_string(hide_password=False)
-            targets.append(("PostgreSQL", url))
-        try:
-            print(
-                f"directory of {args.recipients} recipients (2 channels, 1 RPPS, 1 local code each)"
-            )
+        print(f"directory of {args.recipients} recipients (2 channels, 1 RPPS, 1 local code each)")
+        with contextlib.ExitStack() as stack:
+            if args.postgres:
+                targets.append(
+                    ("PostgreSQL", stack.enter_context(postgres_database(args.postgres)))
+                )
             for label, url in targets:
                 for what, seconds in measure(url, csv_path, args.recipients).items():
                     print(f"  {label:<11} {what:<28} {seconds:7.2f} s")
-        finally:
-            if admin is not None:
-                with admin.connect() as connection:
-                    connection.execute(
-                        text(
-                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                            " WHERE datname = :name AND pid <> pg_backend_pid()"
-                        ),
-                        {"name": name},
-                    )
-                    connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-                admin.dispose()
 
 
 if __name__ == "__main__":

@@ -229,7 +229,7 @@ _ResponseItem = bytes | tuple[bytes, bytes]
 _SOURCE_ID = re.compile(r"(?P<mailbox>.*);UIDVALIDITY=(?P<validity>\d+)/;UID=(?P<uid>\d+)")
 
 
-class ImapSource:
+class ImapSource(Closing):
     """Reports in an IMAP mailbox, read without marking them and flagged \\Seen when done.
 
     `BODY.PEEK[]` reads a mail without setting \\Seen, so a report only counts as done
@@ -335,14 +335,6 @@ class ImapSource:
     def __enter__(self) -> Self:
         self._connected()
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- connection
 

@@ -1,0 +1,42 @@
+"""A throw-away PostgreSQL database for a benchmark run, so no run touches another's data."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from pipeline.db import database_url, safe_url
+
+
+@contextmanager
+def postgres_database(admin_url: str) -> Iterator[str]:
+    """A fresh database on the server, dropped afterwards; yields its URL."""
+    admin = create_engine(
+        database_url(admin_url), isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5}
+    )
+    name = f"labdispatch_bench_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as error:
+        admin.dispose()
+        reason = str(error.orig or error).strip().splitlines()[0]
+        sys.exit(f"PostgreSQL is not reachable at {safe_url(admin_url)} ({reason})")
+    try:
+        yield admin.url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": name},
+            )
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
