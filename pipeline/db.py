@@ -165,6 +165,16 @@ def migrate(engine: Engine) -> None:
         command.upgrade(alembic_config(connection), "head")
 
 
+def begin_write(session: Session) -> None:
+    """Start the session's next transaction as a writer.
+
+    On SQLite a transaction that reads, then writes after another process committed is
+    refused at once (WAL snapshot), whatever the busy timeout; taking the write lock at
+    BEGIN (IMMEDIATE) makes it wait its turn instead. PostgreSQL needs nothing here."""
+    if not session.in_transaction():
+        session.connection(execution_options={SQLITE_BEGIN: "IMMEDIATE"})
+
+
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     # Objects stay readable after commit: commands print what they just wrote.
     return sessionmaker(engine, expire_on_commit=False)

@@ -66,6 +66,35 @@ class ReceiptSettings:
 
 
 @dataclass(frozen=True)
+class ServiceSettings:
+    """How the long-running processes run: the broker, the MLLP listener, the work cycle."""
+
+    #: Celery broker; empty: an embedded Redis server the program starts under var/broker/.
+    broker_url: str = ""
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int = 2575
+    #: Deliveries (or messages) per task: per-task overhead must not dominate.
+    batch_size: int = 100
+    #: How long a worker owns the deliveries it claimed; a killed worker's claim runs out
+    #: after this, and reconcile hands the work to another.
+    lease_seconds: float = 300.0
+    #: Open work not finished this long after it was queued is queued again by reconcile
+    #: (the broker lost it: Redis flushed or restarted without its data).
+    requeue_after: float = 120.0
+    #: How often the periodic jobs run (retry sweep, reconcile, receipts).
+    reconcile_interval: float = 30.0
+    #: Failures in a row that open a destination's circuit, and how long it stays open.
+    breaker_failures: int = 5
+    breaker_open_seconds: float = 60.0
+    #: Overrides of every channel's retry policy (`pipeline.transports.retry`); None: the
+    #: channel's default. Seconds, except the attempt count.
+    retry_min_backoff: float | None = None
+    retry_max_backoff: float | None = None
+    retry_max_age: float | None = None
+    retry_max_attempts: int | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     var_dir: Path
     database_url: str
@@ -81,6 +110,9 @@ class Settings:
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     https: HttpsSettings = field(default_factory=HttpsSettings)
     receipts: ReceiptSettings = field(default_factory=ReceiptSettings)
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+    #: Where a laboratory is told of deliveries given up (`<dir>/<LAB>/`).
+    notices_dir: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -140,6 +172,26 @@ class Settings:
                 imap_mailbox=read.text("RECEIPTS_IMAP_MAILBOX") or "INBOX",
                 imap_ca_file=read.path("RECEIPTS_IMAP_CA_FILE"),
             ),
+            service=ServiceSettings(
+                broker_url=read.text("BROKER_URL"),
+                mllp_host=read.text("MLLP_HOST") or ServiceSettings.mllp_host,
+                mllp_port=read.integer("MLLP_PORT", ServiceSettings.mllp_port),
+                batch_size=read.integer("BATCH_SIZE", ServiceSettings.batch_size),
+                lease_seconds=read.number("LEASE_SECONDS", ServiceSettings.lease_seconds),
+                requeue_after=read.number("REQUEUE_AFTER", ServiceSettings.requeue_after),
+                reconcile_interval=read.number(
+                    "RECONCILE_INTERVAL", ServiceSettings.reconcile_interval
+                ),
+                breaker_failures=read.integer("BREAKER_FAILURES", ServiceSettings.breaker_failures),
+                breaker_open_seconds=read.number(
+                    "BREAKER_OPEN_SECONDS", ServiceSettings.breaker_open_seconds
+                ),
+                retry_min_backoff=read.optional_number("RETRY_MIN_BACKOFF"),
+                retry_max_backoff=read.optional_number("RETRY_MAX_BACKOFF"),
+                retry_max_age=read.optional_number("RETRY_MAX_AGE"),
+                retry_max_attempts=read.integer("RETRY_MAX_ATTEMPTS", 0) or None,
+            ),
+            notices_dir=read.path("NOTICES_DIR"),
         )
 
     @property
@@ -165,8 +217,28 @@ class Settings:
         return self.outbox_dir or self.var_dir / "outbox"
 
     @property
+    def notices_path(self) -> Path:
+        return self.notices_dir or self.var_dir / "notices"
+
+    @property
+    def broker_dir(self) -> Path:
+        """Where the embedded broker keeps its socket, pid file and data."""
+        return self.var_dir / "broker"
+
+    @property
     def receipts_maildir_path(self) -> Path:
         return self.receipts.maildir or self.var_dir / "receipts"
+
+
+def read_secret(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes().rstrip(b"\r\n")
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot read the secret file {path}: {error.strerror or type(error).__name__}"
+        ) from error
 
 
 class _Reader:
@@ -206,6 +278,9 @@ class _Reader:
                 f"not {value!r}"
             )
         return ids
+
+    def optional_number(self, name: str) -> float | None:
+        return self.number(name, 0.0) if self.text(name) else None
 
     def number(self, name: str, default: float) -> float:
         value = self.text(name)

@@ -17,23 +17,24 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline.delivery.notices import write_failure_notice
 from pipeline.delivery.record import read_stored
 from pipeline.delivery.services import DeliveryServices
 from pipeline.errors import LabdispatchError
 from pipeline.hl7.documents import extract_documents, message_charset
 from pipeline.hl7.intake import read_results
 from pipeline.ledger.events import record_event
-from pipeline.ledger.models import Attempt, Delivery
+from pipeline.ledger.models import Attempt, Delivery, Message
 from pipeline.ledger.states import OPEN_STATES
 from pipeline.recipients.models import Recipient
 from pipeline.sealing.content import ResultSummary, build_content
-from pipeline.sealing.keys import check_signer, recipient_certificate
-from pipeline.sealing.smime import EnvelopeHeaders, seal, subject_for
+from pipeline.sealing.keys import Signer, check_signer, recipient_certificate
+from pipeline.sealing.smime import EnvelopeHeaders, envelope, sign, subject_for
 from pipeline.transports.base import Envelope, Outcome, SendResult, TransportConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -84,24 +85,62 @@ def dispatch_delivery(session: Session, delivery: Delivery, services: DeliverySe
         try:
             seal_delivery(session, delivery, services)
         except LabdispatchError as error:
-            _fail(session, delivery, f"not sealed: {error}", services.clock())
+            fail_delivery(session, delivery, f"not sealed: {error}", services.clock(), services)
             return delivery.state
         except Exception as error:
             # A bug of ours must not stop the other deliveries (ARCHITECTURE rule 3). The
             # type and the delivery only: an exception's text may quote the message.
             logger.exception("sealing delivery %s failed", delivery.id)
-            _fail(
+            fail_delivery(
                 session,
                 delivery,
                 f"not sealed: internal error ({type(error).__name__}); see the logs, then replay",
                 services.clock(),
+                services,
             )
             return delivery.state
         session.commit()
     return send_delivery(session, delivery, services)
 
 
-def seal_delivery(session: Session, delivery: Delivery, services: DeliveryServices) -> None:
+class SignedResults:
+    """Each result signed once as its laboratory, however many recipients it has: the
+    signature covers the content, not the per-recipient headers (`smime.envelope`)."""
+
+    def __init__(self, services: DeliveryServices) -> None:
+        self.services = services
+        self._signed: dict[int, tuple[bytes, str, Signer]] = {}
+
+    def signed(self, message: Message, now: datetime) -> tuple[bytes, str, Signer]:
+        """The signed entity, the result status (for the subject) and the signer."""
+        known = self._signed.get(message.id)
+        if known is not None:
+            return known
+        signer = self.services.signers.for_laboratory(message.laboratory)
+        check_signer(signer, now)
+        data = read_stored(message, self.services.cipher)
+        result = next(read_results(data))
+        if result.message is None or result.facts is None:  # it was accepted once: a bug
+            raise LabdispatchError(f"stored message no longer reads: {result.error}")
+        facts = result.facts
+        content = build_content(
+            data,
+            message_charset(result.message),
+            facts.control_id,
+            ResultSummary.from_facts(facts),
+            extract_documents(result.message),
+        )
+        known = (sign(content, signer), facts.result_status, signer)
+        self._signed[message.id] = known
+        return known
+
+
+def seal_delivery(
+    session: Session,
+    delivery: Delivery,
+    services: DeliveryServices,
+    signed_results: SignedResults | None = None,
+) -> None:
     """Sign the message as its laboratory and envelope it for the recipient."""
     now = services.clock()
     message = delivery.message
@@ -109,32 +148,17 @@ def seal_delivery(session: Session, delivery: Delivery, services: DeliveryServic
     if recipient is None:
         raise LabdispatchError(f"recipient {delivery.recipient_key} left the directory")
     certificate = recipient_certificate(recipient.key, [c.pem for c in recipient.certificates], now)
-    signer = services.signers.for_laboratory(message.laboratory)
-    check_signer(signer, now)
-
-    data = read_stored(message, services.cipher)
-    result = next(read_results(data))
-    if result.message is None or result.facts is None:  # it was accepted once: a bug
-        raise LabdispatchError(f"stored message no longer reads: {result.error}")
-    facts = result.facts
-    summary = ResultSummary.from_facts(facts)
-    content = build_content(
-        data,
-        message_charset(result.message),
-        facts.control_id,
-        summary,
-        extract_documents(result.message),
-    )
+    signed, result_status, signer = (signed_results or SignedResults(services)).signed(message, now)
     assert delivery.envelope_message_id is not None and delivery.channel_address is not None
     headers = EnvelopeHeaders(
         message_id=delivery.envelope_message_id,
         from_address=services.mail_from,
         to_address=delivery.channel_address if delivery.channel_kind == "mail" else "",
-        subject=subject_for(message.laboratory, message.control_id, facts.result_status),
+        subject=subject_for(message.laboratory, message.control_id, result_status),
         disposition_notification_to=services.mail_from,
         date=now,
     )
-    delivery.envelope = seal(content, signer, certificate, headers)
+    delivery.envelope = envelope(signed, certificate, headers)
     delivery.sealed_at = now
     delivery.updated_at = now
     record_event(
@@ -154,9 +178,14 @@ def send_delivery(session: Session, delivery: Delivery, services: DeliveryServic
     kind = delivery.channel_kind
     address = delivery.channel_address or ""
     started = services.clock()
+    # The kind stands in until the transport names the far side; once named, a failure is
+    # recorded against it even when the transport raised (a half-open trial must end).
+    destination = kind
     try:
         transport = services.transport(kind)
         destination = transport.destination(address)
+        if not services.breaker.allows(destination, started):
+            return _wait_for_circuit(session, delivery, destination, services)
         result = transport.send(
             Envelope(
                 message_id=delivery.envelope_message_id or "",
@@ -167,7 +196,6 @@ def send_delivery(session: Session, delivery: Delivery, services: DeliveryServic
             )
         )
     except TransportConfigurationError as error:
-        destination = kind
         result = SendResult(Outcome.TRANSIENT, f"not sent: {error}")
     except Exception as error:
         # Transports answer with outcomes; an exception is a bug, and must not stop the
@@ -175,12 +203,12 @@ def send_delivery(session: Session, delivery: Delivery, services: DeliveryServic
         # same envelope under the same Message-ID, which the far side can de-duplicate.
         logger.exception("sending delivery %s failed", delivery.id)
         services.discard(kind)  # its connection may be in any state: start afresh
-        destination = kind
         result = SendResult(
             Outcome.TRANSIENT,
             f"not sent: internal error in the {kind} transport ({type(error).__name__})",
         )
     finished = services.clock()
+    services.breaker.record(destination, result.outcome, finished)
 
     delivery.attempts += 1
     delivery.first_attempt_at = delivery.first_attempt_at or started
@@ -238,14 +266,75 @@ def send_delivery(session: Session, delivery: Delivery, services: DeliveryServic
         if result.outcome is Outcome.PERMANENT
         else f"gave up after {delivery.attempts} attempts: {result.evidence}"
     )
-    _fail(session, delivery, reason, finished)
+    fail_delivery(session, delivery, reason, finished, services)
     return delivery.state
 
 
-def _fail(session: Session, delivery: Delivery, reason: str, now: datetime) -> None:
+def _wait_for_circuit(
+    session: Session, delivery: Delivery, destination: str, services: DeliveryServices
+) -> str:
+    """Reschedule a delivery whose destination's circuit is open, without trying it and
+    without spending an attempt; past the channel's maximum age it is given up."""
+    now = services.clock()
+    policy = services.policy(delivery.channel_kind or "")
+    if now - (delivery.first_attempt_at or delivery.created_at) >= policy.max_age:
+        fail_delivery(
+            session,
+            delivery,
+            f"gave up: {destination} kept failing for {policy.max_age} "
+            f"(last error: {delivery.last_error.removesuffix(_CIRCUIT_OPEN) or 'none recorded'})",
+            now,
+            services,
+        )
+        return delivery.state
+    reopen = services.breaker.open_until(destination) or now
+    jitter = timedelta(seconds=services.rng.uniform(0, 5))
+    delivery.next_attempt_at = max(reopen, now) + jitter
+    delivery.updated_at = now
+    if delivery.state == "pending" and delivery.attempts:
+        delivery.state = "retrying"
+    if not delivery.last_error.endswith(_CIRCUIT_OPEN):
+        # One event when it starts waiting, not one per sweep while the circuit stays open.
+        record_event(
+            session,
+            delivery.message,
+            "retried",
+            f"not tried: {destination} failed repeatedly (circuit open); next try after "
+            f"{delivery.next_attempt_at.isoformat(timespec='seconds')}",
+            now,
+            delivery,
+        )
+        delivery.last_error += _CIRCUIT_OPEN
+    return delivery.state
+
+
+#: Appended to the last real error while a delivery waits for its destination's circuit.
+_CIRCUIT_OPEN = " [destination unavailable: circuit open, waiting for it to come back]"
+
+
+def fail_delivery(
+    session: Session,
+    delivery: Delivery,
+    reason: str,
+    now: datetime,
+    services: DeliveryServices,
+) -> None:
+    """Give a delivery up, with the reason, and tell its laboratory."""
     delivery.state = "failed"
     delivery.failed_at = now
     delivery.updated_at = now
     delivery.next_attempt_at = None
+    delivery.leased_until = None
     delivery.last_error = reason
     record_event(session, delivery.message, "failed", reason, now, delivery)
+    if services.notices_dir is not None:
+        path = write_failure_notice(services.notices_dir, delivery, now)
+        delivery.notified_at = now
+        record_event(
+            session,
+            delivery.message,
+            "notified",
+            f"laboratory told: {path.parent.name}/{path.name}",
+            now,
+            delivery,
+        )

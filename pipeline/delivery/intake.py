@@ -1,76 +1,130 @@
-"""Intake into the ledger: read what a laboratory sent, record it, route it.
+"""Intake into the ledger: read what a laboratory sent, record it (or quarantine it).
 
 The caller commits, then answers the laboratory (ACK, file moved to done/): the answer
-always follows the commit (ARCHITECTURE rule 1). Refused messages come back with their
-`IntakeError` for the ACK; quarantining them is the listener's job.
+always follows the commit (ARCHITECTURE rule 1). A listener hands over what arrived together
+(`accept_batch`) so one transaction covers many messages. Refused messages are kept in
+quarantine (`Rejection`) with the reason their ACK gave, for the laboratory and ops to see.
+Routing is the next stage (`pipeline.delivery.stages`), run by workers; `accept_bytes`
+routes at once for the one-process `deliver` command.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from pipeline.delivery.record import Recorded, record_message
+from pipeline.delivery.record import NEW, Recorded, ToRecord, record_messages
 from pipeline.delivery.routing import RouteReport, route_message
 from pipeline.delivery.services import DeliveryServices
-from pipeline.hl7.intake import IntakeResult, read_results
+from pipeline.hl7.errors import NotHL7
+from pipeline.hl7.intake import IntakeResult, read_results, unavailable_ack
 from pipeline.ledger.events import record_event
-from pipeline.ledger.models import Message
+from pipeline.ledger.models import Message, Rejection
+from pipeline.ledger.storage import StorageCipher
 
 PROCESSING_WORDS = {"P": "production", "T": "training", "D": "debugging"}
 
 
 @dataclass(frozen=True)
-class Accepted:
+class Inbound:
+    """What a laboratory handed over in one go: one MLLP frame, or one whole file."""
+
+    data: bytes
+    source: str  # "mllp", "file", "api"
+    source_name: str = ""  # peer address or file name
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What became of one message, and the ACK that says so (sent only after the commit)."""
+
     result: IntakeResult
     recorded: Recorded | None = None  # None: refused (see result.error)
-    route: RouteReport | None = None  # None: not routed (refused, duplicate, held)
+    rejection_id: int | None = None
+    held: bool = False  # recorded, but not to be delivered on this platform
+    route: RouteReport | None = None  # set when routed at once (`accept_bytes`)
+    ack: bytes | None = None  # None: the sender asked for no accept ACK (MSH-15)
+
+    @property
+    def status(self) -> str:
+        """accepted / duplicate / conflict / held / rejected."""
+        if self.recorded is None:
+            return "rejected"
+        if self.held:
+            return "held"
+        return "accepted" if self.recorded.status == NEW else self.recorded.status
+
+    @property
+    def message_id(self) -> int | None:
+        return self.recorded.message_id if self.recorded is not None else None
+
+    @property
+    def to_route(self) -> bool:
+        """New, deliverable, not yet routed: the route stage must run for it."""
+        return self.status == "accepted" and self.route is None
 
 
-def accept_result(
+def accept_batch(
     session: Session,
-    result: IntakeResult,
+    inbound: Sequence[Inbound],
     services: DeliveryServices,
     *,
-    source: str,
-    source_name: str = "",
     now: datetime,
-) -> Accepted:
-    """Record one read message and, when it is new, create its deliveries."""
-    if result.message is None or result.facts is None:
-        return Accepted(result)
-    recorded = record_message(
+    route: bool = False,
+) -> list[list[Answer]]:
+    """Record (or quarantine) every message of every item; one list of answers per item.
+
+    With `route`, deliveries are created at once (one-process use); otherwise the messages
+    stay `received` for the route stage."""
+    results = [
+        [(item, result) for result in read_results(item.data)] or [(item, _empty(item))]
+        for item in inbound
+    ]
+    accepted = [(item, result) for group in results for item, result in group if _readable(result)]
+    recorded = record_messages(
         session,
-        result.data,
-        result.facts,
+        [
+            ToRecord(
+                data=result.data,
+                facts=result.facts,  # type: ignore[arg-type]  # _readable checked it
+                source=item.source,
+                source_name=item.source_name,
+                charset=result.message.charset,  # type: ignore[union-attr]
+            )
+            for item, result in accepted
+        ],
         cipher=services.cipher,
-        source=source,
-        source_name=source_name,
-        charset=result.message.charset,
         now=now,
     )
-    if not recorded.to_deliver:
-        return Accepted(result, recorded)
-    message = session.get_one(Message, recorded.message_id)
-    if message.processing_id not in services.processing_ids:
-        message.state = "held"
-        word = PROCESSING_WORDS.get(message.processing_id, "?")
-        delivered = ", ".join(services.processing_ids)
-        record_event(
-            session,
-            message,
-            "held",
-            f"processing ID {message.processing_id} ({word}): not delivered here, where only "
-            f"{delivered} is (LABDISPATCH_DELIVER_PROCESSING_IDS)",
-            now,
-        )
-        return Accepted(result, recorded)
-    report = route_message(
-        session, message, result.facts, mail_domain=services.mail_domain, now=now
-    )
-    return Accepted(result, recorded, report)
+    by_result = {id(result): r for (_, result), r in zip(accepted, recorded, strict=True)}
+    answers: list[list[Answer]] = []
+    for group in results:
+        group_answers: list[Answer] = []
+        for item, result in group:
+            record = by_result.get(id(result))
+            if record is None:
+                rejection = quarantine(session, item, result, services.cipher, now)
+                group_answers.append(
+                    Answer(result, rejection_id=rejection.id, ack=result.accept_ack())
+                )
+                continue
+            held = record.status == NEW and _hold(session, record, services, now)
+            report = None
+            if route and record.status == NEW and not held:
+                message = record.message or session.get_one(Message, record.message_id)
+                assert result.facts is not None
+                report = route_message(
+                    session, message, result.facts, mail_domain=services.mail_domain, now=now
+                )
+            group_answers.append(
+                Answer(result, record, held=held, route=report, ack=result.accept_ack())
+            )
+        answers.append(group_answers)
+    return answers
 
 
 def accept_bytes(
@@ -80,16 +134,80 @@ def accept_bytes(
     *,
     source: str,
     source_name: str = "",
-) -> list[Accepted]:
-    """Every message of a file, batch or stream, in order."""
+) -> list[Answer]:
+    """Every message of a file, batch or stream, recorded and routed at once, in order."""
+    (answers,) = accept_batch(
+        session, [Inbound(data, source, source_name)], services, now=services.clock(), route=True
+    )
+    return answers
+
+
+def unavailable_answers(item: Inbound, reason: str) -> list[Answer]:
+    """Answers for an item that could not be stored (the ledger is down): an error ACK per
+    message telling the LIS to send again; never AA for something not committed."""
     return [
-        accept_result(
-            session,
-            result,
-            services,
-            source=source,
-            source_name=source_name,
-            now=services.clock(),
-        )
-        for result in read_results(data)
-    ]
+        Answer(result, ack=unavailable_ack(result.data, reason))
+        for result in read_results(item.data)
+    ] or [Answer(_empty(item), ack=unavailable_ack(item.data, reason))]
+
+
+def quarantine(
+    session: Session, item: Inbound, result: IntakeResult, cipher: StorageCipher, now: datetime
+) -> Rejection:
+    """Keep a refused message, encrypted, with the reason its ACK gave."""
+    error = result.error
+    msh = result.msh
+    digest = hashlib.sha256(result.data).hexdigest()
+    blob, key_id = cipher.encrypt(result.data, quarantine_context(digest))
+    rejection = Rejection(
+        received_at=now,
+        source=item.source,
+        source_name=item.source_name[:500],
+        laboratory=(msh.components(4)[0] if msh is not None and msh.components(4) else "")[:64],
+        control_id=(msh.field(10) if msh is not None else "")[:199],
+        ack_code=error.ack_code if error is not None else "AR",
+        error=type(error).__name__ if error is not None else "Unreadable",
+        hl7_code=error.hl7_code if error is not None else "",
+        reason=error.reason if error is not None else "unreadable",
+        size=len(result.data),
+        content_sha256=digest,
+        raw_encrypted=blob,
+        storage_key_id=key_id,
+    )
+    session.add(rejection)
+    session.flush()
+    return rejection
+
+
+def quarantine_context(digest: str) -> str:
+    """What a quarantined message's ciphertext is bound to."""
+    return f"rejected\0{digest}"
+
+
+def _readable(result: IntakeResult) -> bool:
+    return result.message is not None and result.facts is not None
+
+
+def _empty(item: Inbound) -> IntakeResult:
+    """An item with no message in it (empty frame or file) still gets an answer and a
+    quarantine row."""
+    return IntakeResult(1, item.data, error=NotHL7("nothing was sent: no HL7 message in it"))
+
+
+def _hold(session: Session, record: Recorded, services: DeliveryServices, now: datetime) -> bool:
+    """Hold a new message whose processing ID (MSH-11) is not delivered on this platform."""
+    message = record.message or session.get_one(Message, record.message_id)
+    if message.processing_id in services.processing_ids:
+        return False
+    message.state = "held"
+    word = PROCESSING_WORDS.get(message.processing_id, "?")
+    delivered = ", ".join(services.processing_ids)
+    record_event(
+        session,
+        message,
+        "held",
+        f"processing ID {message.processing_id} ({word}): not delivered here, where only "
+        f"{delivered} is (LABDISPATCH_DELIVER_PROCESSING_IDS)",
+        now,
+    )
+    return True

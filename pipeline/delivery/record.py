@@ -10,7 +10,8 @@ revision, held for a person to review, and not delivered.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select
@@ -35,6 +36,8 @@ class Recorded:
     revision: int
     #: new / duplicate / conflict
     status: str
+    #: The row itself, for the caller's next step in the same session (not compared).
+    message: Message | None = field(default=None, compare=False, repr=False)
 
     @property
     def to_deliver(self) -> bool:
@@ -44,6 +47,17 @@ class Recorded:
 def storage_context(laboratory: str, control_id: str, revision: int) -> str:
     """What a stored message's ciphertext is bound to."""
     return f"{laboratory}\0{control_id}\0{revision}"
+
+
+@dataclass(frozen=True)
+class ToRecord:
+    """One accepted message to record: its bytes as cut by intake (CR segment ends)."""
+
+    data: bytes
+    facts: RoutingFacts
+    source: str
+    source_name: str = ""
+    charset: str = ""
 
 
 def record_message(
@@ -57,37 +71,96 @@ def record_message(
     charset: str = "",
     now: datetime,
 ) -> Recorded:
-    """Record one accepted message (bytes as cut by intake, CR segment ends); the caller
-    commits, then ACKs."""
-    digest = hashlib.sha256(data).hexdigest()
-    for _ in range(3):
-        known = session.scalars(
-            select(Message)
-            .where(Message.laboratory == facts.sender, Message.control_id == facts.control_id)
-            .order_by(Message.revision)
-        ).all()
-        same = next((m for m in known if m.content_sha256 == digest), None)
+    """Record one accepted message; the caller commits, then ACKs."""
+    (recorded,) = record_messages(
+        session, [ToRecord(data, facts, source, source_name, charset)], cipher=cipher, now=now
+    )
+    return recorded
+
+
+def record_messages(
+    session: Session, items: Sequence[ToRecord], *, cipher: StorageCipher, now: datetime
+) -> list[Recorded]:
+    """Record a group of accepted messages with a handful of statements, whatever their
+    number: a listener commits what arrived together in one transaction (group commit), so
+    the per-message cost is the encryption, not database round trips.
+
+    Within the group, a key seen twice is handled in order (a resend arriving right behind
+    the original is its duplicate). If another process records one of the keys meanwhile,
+    the group is recorded again one message at a time, each looking again."""
+    if not items:
+        return []
+    try:
+        with session.begin_nested():
+            return _record_group(session, items, cipher, now)
+    except IntegrityError:
+        pass
+    recorded: list[Recorded] = []
+    for item in items:
+        for _ in range(3):
+            try:
+                with session.begin_nested():
+                    recorded.extend(_record_group(session, [item], cipher, now))
+                break
+            except IntegrityError:
+                continue  # recorded by another process meanwhile: look again
+        else:  # pragma: no cover
+            raise RuntimeError("the ledger kept changing under a concurrent writer")
+    return recorded
+
+
+def _record_group(
+    session: Session, items: Sequence[ToRecord], cipher: StorageCipher, now: datetime
+) -> list[Recorded]:
+    keys = {(item.facts.sender, item.facts.control_id) for item in items}
+    known: dict[tuple[str, str], list[Message]] = {}
+    for message in session.scalars(
+        select(Message)
+        .where(Message.control_id.in_({control_id for _, control_id in keys}))
+        .order_by(Message.revision)
+    ):
+        key = (message.laboratory, message.control_id)
+        if key in keys:
+            known.setdefault(key, []).append(message)
+
+    outcomes: list[tuple[ToRecord, Message, str]] = []
+    for item in items:
+        key = (item.facts.sender, item.facts.control_id)
+        digest = hashlib.sha256(item.data).hexdigest()
+        revisions = known.setdefault(key, [])
+        same = next((m for m in revisions if m.content_sha256 == digest), None)
         if same is not None:
+            outcomes.append((item, same, DUPLICATE))
+            continue
+        revision = revisions[-1].revision + 1 if revisions else 1
+        message = _new_message(
+            session,
+            item.data,
+            digest,
+            item.facts,
+            revision,
+            cipher,
+            item.source,
+            item.source_name,
+            item.charset,
+        )
+        message.received_at = now
+        message.state = "held" if revisions else "received"
+        outcomes.append((item, message, CONFLICT if revisions else NEW))
+        revisions.append(message)
+    session.flush()
+
+    recorded: list[Recorded] = []
+    for item, message, status in outcomes:
+        origin = _origin(item.source, item.source_name)
+        if status == DUPLICATE:
             record_event(
-                session,
-                same,
-                "duplicate",
-                f"sent again ({_origin(source, source_name)}); not delivered again",
-                now,
+                session, message, "duplicate", f"sent again ({origin}); not delivered again", now
             )
-            return _recorded(same, DUPLICATE)
-        revision = known[-1].revision + 1 if known else 1
-        try:
-            with session.begin_nested():
-                message = _new_message(
-                    session, data, digest, facts, revision, cipher, source, source_name, charset
-                )
-                message.received_at = now
-                message.state = "held" if known else "received"
-                session.flush()
-        except IntegrityError:
-            continue  # another process recorded the same key meanwhile: look again
-        record_event(session, message, "received", f"from {_origin(source, source_name)}", now)
+            recorded.append(_recorded(message, DUPLICATE))
+            continue
+        facts = item.facts
+        record_event(session, message, "received", f"from {origin}", now)
         warnings = len(facts.warnings)
         record_event(
             session,
@@ -98,18 +171,18 @@ def record_message(
             + (f", {warnings} warning(s)" if warnings else ""),
             now,
         )
-        if known:
+        if status == CONFLICT:
+            first = known[(message.laboratory, message.control_id)][0]
             record_event(
                 session,
                 message,
                 "conflict",
-                f"control ID already used by revision {known[0].revision} with different "
+                f"control ID already used by revision {first.revision} with different "
                 "content; held for review, not delivered",
                 now,
             )
-            return _recorded(message, CONFLICT)
-        return _recorded(message, NEW)
-    raise RuntimeError("the ledger kept changing under a concurrent writer")  # pragma: no cover
+        recorded.append(_recorded(message, status))
+    return recorded
 
 
 def _new_message(
@@ -156,7 +229,9 @@ def read_stored(message: Message, cipher: StorageCipher) -> bytes:
 
 
 def _recorded(message: Message, status: str) -> Recorded:
-    return Recorded(message.id, message.laboratory, message.control_id, message.revision, status)
+    return Recorded(
+        message.id, message.laboratory, message.control_id, message.revision, status, message
+    )
 
 
 def _origin(source: str, source_name: str) -> str:

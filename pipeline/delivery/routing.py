@@ -14,6 +14,7 @@ far side can de-duplicate (ARCHITECTURE rule 2).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -25,7 +26,7 @@ from pipeline.hl7.participants import PATIENT, Participant
 from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Delivery, Message
 from pipeline.recipients.models import Recipient
-from pipeline.recipients.routing import route
+from pipeline.recipients.routing import RoutedRecipient, route_many
 
 
 @dataclass(frozen=True)
@@ -38,25 +39,63 @@ def route_message(
     session: Session, message: Message, facts: RoutingFacts, *, mail_domain: str, now: datetime
 ) -> RouteReport:
     """Create the message's deliveries; a message already routed is left as it is."""
-    if message.state != "received":
-        return RouteReport(
-            routed=sum(1 for d in message.deliveries if d.state != "unroutable"),
-            unroutable=sum(1 for d in message.deliveries if d.state == "unroutable"),
-        )
-    routed = unroutable = 0
-    seen: set[str] = set()
-    answers = route(session, facts)
-    keys = {a.resolution.recipient_key for a in answers if a.resolution.recipient_key}
+    return route_messages(session, [(message, facts)], mail_domain=mail_domain, now=now)[0]
+
+
+def route_messages(
+    session: Session,
+    items: Sequence[tuple[Message, RoutingFacts]],
+    *,
+    mail_domain: str,
+    now: datetime,
+) -> list[RouteReport]:
+    """Route a batch: the directory is asked once for all of it (`route_many`), and the
+    deliveries and their events go to the database together at the next flush."""
+    reports: list[RouteReport | None] = [None] * len(items)
+    to_route: list[int] = []
+    for index, (message, _) in enumerate(items):
+        if message.state == "received":
+            to_route.append(index)
+        else:
+            reports[index] = RouteReport(
+                routed=sum(1 for d in message.deliveries if d.state != "unroutable"),
+                unroutable=sum(1 for d in message.deliveries if d.state == "unroutable"),
+            )
+    all_answers = route_many(session, [items[i][1] for i in to_route])
+    keys = {
+        a.resolution.recipient_key
+        for answers in all_answers
+        for a in answers
+        if a.resolution.recipient_key
+    }
     recipients = {
         r.key: r for r in session.scalars(select(Recipient).where(Recipient.key.in_(keys)))
     }
+    for index, answers in zip(to_route, all_answers, strict=True):
+        reports[index] = _route_one(
+            session, items[index][0], answers, recipients, mail_domain=mail_domain, now=now
+        )
+    return [report for report in reports if report is not None]
+
+
+def _route_one(
+    session: Session,
+    message: Message,
+    answers: Sequence[RoutedRecipient],
+    recipients: dict[str, Recipient],
+    *,
+    mail_domain: str,
+    now: datetime,
+) -> RouteReport:
+    routed = unroutable = 0
+    seen: set[str] = set()
     for answer in answers:
         participant, resolution = answer.participant, answer.resolution
         role = participant.roles[0] if participant.roles else ""
         if resolution.recipient_key is None:
-            wanted = _shown_identifier(participant)
+            wanted = shown_identifier(participant)
             delivery = Delivery(
-                message=message,
+                message_id=message.id,
                 wanted=wanted[:200],
                 role=role,
                 state="unroutable",
@@ -65,7 +104,6 @@ def route_message(
                 updated_at=now,
             )
             session.add(delivery)
-            session.flush()
             record_event(
                 session,
                 message,
@@ -83,7 +121,7 @@ def route_message(
         recipient = recipients[key]
         if not resolution.channels:
             delivery = Delivery(
-                message=message,
+                message_id=message.id,
                 recipient_id=recipient.id,
                 recipient_key=key,
                 role=role,
@@ -93,14 +131,13 @@ def route_message(
                 updated_at=now,
             )
             session.add(delivery)
-            session.flush()
             record_event(session, message, "unroutable", delivery.last_error, now, delivery)
             unroutable += 1
             continue
         kind, _, address = resolution.channels[0].partition(":")
-        digest = _delivery_digest(message, key, kind, address)
+        message_id_header, envelope_id = delivery_ids_for(message, key, kind, address, mail_domain)
         delivery = Delivery(
-            message=message,
+            message_id=message.id,
             recipient_id=recipient.id,
             recipient_key=key,
             wanted=str(participant.identifier or "")[:200] if role != PATIENT else "",
@@ -108,17 +145,25 @@ def route_message(
             channel_kind=kind,
             channel_address=address,
             state="pending",
-            envelope_message_id=f"<{digest[:32]}@{mail_domain}>",
-            envelope_id=digest[:40],
+            envelope_message_id=message_id_header,
+            envelope_id=envelope_id,
             created_at=now,
             updated_at=now,
         )
         session.add(delivery)
-        session.flush()
         record_event(session, message, "routed", f"{key} ({role}) via {kind}", now, delivery)
         routed += 1
     message.state = "routed" if routed else "unroutable"
     return RouteReport(routed=routed, unroutable=unroutable)
+
+
+def delivery_ids_for(
+    message: Message, recipient_key: str, kind: str, address: str, mail_domain: str
+) -> tuple[str, str]:
+    """The envelope's Message-ID and SMTP ENVID: derived from the ledger key, recipient and
+    channel, so every re-run names the same envelope the same way."""
+    digest = _delivery_digest(message, recipient_key, kind, address)
+    return f"<{digest[:32]}@{mail_domain}>", digest[:40]
 
 
 def _delivery_digest(message: Message, recipient_key: str, kind: str, address: str) -> str:
@@ -135,7 +180,7 @@ def _delivery_digest(message: Message, recipient_key: str, kind: str, address: s
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _shown_identifier(participant: Participant) -> str:
+def shown_identifier(participant: Participant) -> str:
     """The identifier as ops need it to fix the directory; a patient's is not shown whole."""
     if participant.identifier is None:
         return "no identifier"

@@ -10,16 +10,18 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from pipeline.closing import Closing
+from pipeline.delivery.breaker import CircuitBreaker
 from pipeline.errors import ConfigurationError
 from pipeline.ledger.storage import StorageCipher
 from pipeline.sealing.errors import SigningKeyUnavailable
 from pipeline.sealing.keys import Signer, load_signer
-from pipeline.settings import Settings, SigningSettings
+from pipeline.settings import Settings, SigningSettings, read_secret
 from pipeline.transports.base import Transport, TransportConfigurationError
 from pipeline.transports.https import HttpsConfig, HttpsTransport
 from pipeline.transports.mailbox import MailboxTransport
@@ -80,6 +82,11 @@ class DeliveryServices(Closing):
     policies: Mapping[str, RetryPolicy] = field(default_factory=lambda: dict(DEFAULT_POLICIES))
     clock: Callable[[], datetime] = utc_now
     rng: random.Random = field(default_factory=random.Random)
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    #: Where laboratories are told of given-up deliveries; None: not told (tests, tools).
+    notices_dir: Path | None = None
+    #: How long a worker owns what it claimed (see `Settings.service.lease_seconds`).
+    lease: timedelta = timedelta(minutes=5)
     _open: dict[str, Transport] = field(default_factory=dict)
 
     @classmethod
@@ -102,6 +109,13 @@ class DeliveryServices(Closing):
             factories=transport_factories(settings),
             mail_from=settings.mail_from,
             processing_ids=settings.processing_ids,
+            breaker=CircuitBreaker(
+                failures=settings.service.breaker_failures,
+                open_for=timedelta(seconds=settings.service.breaker_open_seconds),
+            ),
+            notices_dir=settings.notices_path,
+            lease=timedelta(seconds=settings.service.lease_seconds),
+            policies=retry_policies(settings),
         )
 
     @property
@@ -133,6 +147,27 @@ class DeliveryServices(Closing):
         for transport in self._open.values():
             transport.close()
         self._open.clear()
+
+
+def retry_policies(settings: Settings) -> dict[str, RetryPolicy]:
+    """The default policy of each channel, with the `LABDISPATCH_RETRY_*` overrides."""
+    service = settings.service
+    changes: dict[str, Any] = {}
+    if service.retry_min_backoff is not None:
+        changes["min_backoff"] = timedelta(seconds=service.retry_min_backoff)
+    if service.retry_max_backoff is not None:
+        changes["max_backoff"] = timedelta(seconds=service.retry_max_backoff)
+    if service.retry_max_age is not None:
+        changes["max_age"] = timedelta(seconds=service.retry_max_age)
+    if service.retry_max_attempts is not None:
+        changes["max_attempts"] = service.retry_max_attempts
+    policies = {}
+    for kind, policy in DEFAULT_POLICIES.items():
+        try:
+            policies[kind] = replace(policy, **changes)
+        except ValueError as error:
+            raise ConfigurationError(f"LABDISPATCH_RETRY_* settings: {error}") from None
+    return policies
 
 
 def transport_factories(settings: Settings) -> dict[str, TransportFactory]:
@@ -176,17 +211,6 @@ def transport_factories(settings: Settings) -> dict[str, TransportFactory]:
         )
 
     return {"mail": mail, "mailbox": mailbox, "https": https}
-
-
-def read_secret(path: Path | None) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return path.read_bytes().rstrip(b"\r\n")
-    except OSError as error:
-        raise ConfigurationError(
-            f"cannot read the secret file {path}: {error.strerror or type(error).__name__}"
-        ) from error
 
 
 def _read_secret_text(path: Path | None) -> str | None:

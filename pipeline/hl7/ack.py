@@ -1,5 +1,9 @@
 """The answer a laboratory gets: AA, AE or AR, with the reason it can act on.
 
+A sender that values MSH-15 or MSH-16 asks for HL7's enhanced acknowledgment mode: the
+answer on the connection is then an accept (commit) ACK, CA / CE / CR, sent or not as
+MSH-15 asks (`accept_ack_code`).
+
 An ACK speaks the sender's language: its HL7 version (ERR-1 before 2.5, ERR-2/3/4/8 from
 2.5), its encoding characters, its MSH-18 character set, and the swapped sender/receiver
 fields copied as written. Even a message we could not parse gets an ACK built from
@@ -24,6 +28,18 @@ ERROR = "AE"
 REJECT = "AR"
 
 _VERSION = re.compile(r"2\.[0-9]{1,2}(\.[0-9]{1,2})?")
+
+#: Enhanced mode: the accept (commit) acknowledgment codes, HL7 table 0008.
+COMMIT_ACCEPT = "CA"  # committed to the ledger: the sender may forget the message
+COMMIT_ERROR = "CE"  # not accepted: an error in this message, or on our side (ledger down)
+COMMIT_REJECT = "CR"  # not accepted: a message type, version or processing ID we refuse
+_COMMIT_CODES = {ACCEPT: COMMIT_ACCEPT, ERROR: COMMIT_ERROR, REJECT: COMMIT_REJECT}
+
+#: MSH-15 / MSH-16, HL7 table 0155: when the sender wants an acknowledgment.
+ALWAYS = "AL"
+NEVER = "NE"
+ERROR_ONLY = "ER"  # only on an error or a rejection
+SUCCESS_ONLY = "SU"  # only on success
 
 SEVERITY_ERROR = "E"
 SEVERITY_WARNING = "W"
@@ -65,6 +81,8 @@ class AckContext:
     processing_id: str = "P"
     version: str = DEFAULT_VERSION
     charset: str = ""  # MSH-18 as the sender declared it
+    accept_ack_type: str = ""  # MSH-15, upper-cased ("" when empty)
+    application_ack_type: str = ""  # MSH-16, upper-cased ("" when empty)
 
     @classmethod
     def from_message(cls, message: Hl7Message) -> AckContext:
@@ -101,7 +119,14 @@ class AckContext:
             processing_id=processing if processing in ("P", "T", "D") else "P",
             version=version if _is_version(version) else DEFAULT_VERSION,
             charset=charset,
+            accept_ack_type=_ack_type(msh, 15),
+            application_ack_type=_ack_type(msh, 16),
         )
+
+    @property
+    def enhanced(self) -> bool:
+        """Enhanced acknowledgment mode: the sender valued MSH-15 or MSH-16."""
+        return bool(self.accept_ack_type or self.application_ack_type)
 
     @property
     def codec(self) -> str:
@@ -112,6 +137,48 @@ class AckContext:
             return charset_codec(self.charset)
         except IntakeError:
             return "utf-8"
+
+
+def _ack_type(msh: Segment, number: int) -> str:
+    components = msh.components(number)
+    return components[0].strip().upper() if components else ""
+
+
+def accept_ack_code(context: AckContext, code: str) -> str | None:
+    """What to answer on the connection for an outcome (AA / AE / AR), or None for silence.
+
+    Original mode (MSH-15 and MSH-16 empty): the outcome itself. Enhanced mode: the accept
+    ACK, CA / CE / CR, unless MSH-15 asks for none in this case: NE never, ER only on CE /
+    CR, SU only on CA; AL, an empty MSH-15 (only MSH-16 valued) and a value outside table
+    0155 always get one, since a sender waiting for an answer that never comes is worse
+    than one receiving an answer it did not ask for.
+
+    Application acknowledgments (MSH-16) are not sent: we hand results on to clinicians,
+    not to an application that answers for them, and a delivery's fate is reported in the
+    ledger and to the laboratory (notices), not as a later HL7 ACK on this connection.
+    """
+    if not context.enhanced:
+        return code
+    commit = _COMMIT_CODES.get(code, COMMIT_ERROR)
+    wanted = context.accept_ack_type
+    if wanted == NEVER:
+        return None
+    if wanted == ERROR_ONLY and commit == COMMIT_ACCEPT:
+        return None
+    if wanted == SUCCESS_ONLY and commit != COMMIT_ACCEPT:
+        return None
+    return commit
+
+
+def encode_accept_ack(
+    context: AckContext, code: str, issues: Sequence[AckIssue] = ()
+) -> bytes | None:
+    """The accept ACK for an outcome, encoded in the sender's character set, or None when
+    the sender asked for none (see `accept_ack_code`)."""
+    answer = accept_ack_code(context, code)
+    if answer is None:
+        return None
+    return build_ack(context, answer, issues).encode(context.codec, "replace")
 
 
 def _is_version(text: str) -> bool:

@@ -326,7 +326,8 @@ def _not_hl7_reason(data: bytes) -> str:
             "this is an HPRIM Médecins text report, not HL7 v2: labdispatch takes results"
             " as HL7 v2 ORU^R01"
         )
-    return (
-        "no MSH segment at the start: this is not an HL7 v2 message"
-        f" (starts with {data[:12].decode('latin-1')!r})"
-    )
+    # Only what names a segment is quoted: the bytes after it may be a patient's data, and
+    # this reason goes back in the ACK and into the quarantine's readable columns.
+    head = data[:3].decode("latin-1")
+    shown = f" (starts with {head!r})" if head.isalnum() and head.isupper() else ""
+    return f"no MSH segment at the start: this is not an HL7 v2 message{shown}"

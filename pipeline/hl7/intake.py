@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pipeline.hl7.ack import ACCEPT, AckContext, AckIssue, build_ack
+from pipeline.hl7.ack import ACCEPT, ERROR, AckContext, AckIssue, build_ack, encode_accept_ack
 from pipeline.hl7.decode import RawMessage, decode_message, split_messages
 from pipeline.hl7.errors import IntakeError
 from pipeline.hl7.facts import RoutingFacts, extract_facts
@@ -52,6 +52,27 @@ class IntakeResult:
         return build_ack(
             AckContext.from_raw(self.data), self.error.ack_code, [AckIssue.from_error(self.error)]
         )
+
+    def accept_ack(self) -> bytes | None:
+        """The encoded ACK to send back on the connection once the message is committed.
+
+        Original mode: AA / AE / AR, as `ack()`. Enhanced mode (MSH-15/16 valued): the
+        accept ACK CA / CE / CR, or None when MSH-15 says to send none for this outcome.
+        Application ACKs (MSH-16) are never sent: see `accept_ack_code`."""
+        if self.message is not None and self.facts is not None:
+            context = AckContext.from_message(self.message)
+            issues = [AckIssue.warning(text) for text in self.facts.warnings]
+            return encode_accept_ack(context, ACCEPT, issues)
+        assert self.error is not None
+        return encode_accept_ack(
+            AckContext.from_raw(self.data), self.error.ack_code, [AckIssue.from_error(self.error)]
+        )
+
+
+def unavailable_ack(data: bytes, reason: str) -> bytes | None:
+    """The ACK for a message we could not store (ledger down): an error that tells the LIS to
+    send again, never AA (enhanced mode: CE, or None when MSH-15 is NE or SU)."""
+    return encode_accept_ack(AckContext.from_raw(data), ERROR, [AckIssue(reason)])
 
 
 def read_raw(raw: RawMessage) -> IntakeResult:

@@ -23,7 +23,7 @@ def record_event(
         raise ValueError(f"unknown event kind {kind!r}")
     event = Event(
         message_id=message.id,
-        delivery_id=delivery.id if delivery is not None else None,
+        delivery=delivery,
         kind=kind,
         detail=detail,
         at=at,

@@ -40,6 +40,8 @@ class Message(Base):
         # `labdispatch trace CONTROL_ID` looks up by control ID alone.
         Index(None, "control_id"),
         Index(None, "received_at"),
+        # Reconcile's question: what was recorded but never routed?
+        Index(None, "state"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -119,6 +121,15 @@ class Delivery(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     read_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Until when a worker owns this delivery (set by `claim`): a second worker given the
+    #: same work (a task redelivered by the broker) leaves it alone; a killed worker's claim
+    #: simply runs out.
+    leased_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: When its work was last handed to the broker: reconcile re-queues what stays unfinished
+    #: long after (the broker lost it).
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: When the laboratory was told this delivery was given up.
+    notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     message: Mapped[Message] = relationship(back_populates="deliveries")
     attempt_log: Mapped[list[Attempt]] = relationship(
@@ -161,6 +172,9 @@ class Event(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
     message: Mapped[Message] = relationship(back_populates="events")
+    #: Set with the object, so a delivery and its events go in one flush: the delivery's
+    #: ID need not be known (and fetched, one round trip each) first.
+    delivery: Mapped[Delivery | None] = relationship()
 
 
 class Receipt(Base):
@@ -182,3 +196,31 @@ class Receipt(Base):
     #: Where it was read (Maildir file name, IMAP mailbox and UID).
     source: Mapped[str] = mapped_column(String(500), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class Rejection(Base):
+    """A message refused at intake, kept in quarantine for the laboratory and ops to see.
+
+    The bytes are kept encrypted like accepted ones (they may hold patient data); the reason
+    is the one the ACK gave."""
+
+    __tablename__ = "rejections"
+    __table_args__ = (Index(None, "received_at"), Index(None, "laboratory", "received_at"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    source: Mapped[str] = mapped_column(String(16))
+    source_name: Mapped[str] = mapped_column(String(500), default="")
+    #: MSH-4 and MSH-10 when the header was readable, else empty.
+    laboratory: Mapped[str] = mapped_column(String(64), default="")
+    control_id: Mapped[str] = mapped_column(String(199), default="")
+    #: AE / AR, the error class and its HL7 table 0357 code, and the reason in words.
+    ack_code: Mapped[str] = mapped_column(String(2))
+    error: Mapped[str] = mapped_column(String(64))
+    hl7_code: Mapped[str] = mapped_column(String(8), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    size: Mapped[int] = mapped_column(default=0)
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    #: The refused bytes, AES-256-GCM, bound to `quarantine_context(content_sha256)`.
+    raw_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    storage_key_id: Mapped[str] = mapped_column(String(32))

@@ -55,5 +55,8 @@ EVENT_KINDS = (
     "read",
     "retried",
     "failed",
+    "notified",
     "receipt",
+    "requeued",
+    "resumed",
 )

@@ -28,10 +28,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Protocol, Self
+from typing import Literal, Protocol, Self, cast
 
 from pipeline.closing import Closing
 from pipeline.errors import ConfigurationError, LabdispatchError
+from pipeline.settings import Settings, read_secret
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -429,3 +430,22 @@ def _fetched_body(response: list[_ResponseItem], uid: int) -> bytes | None:
             if isinstance(head, bytes) and b"BODY[]" in head and wanted.search(head):
                 return bytes(body)
     return None
+
+
+def report_source(settings: Settings, maildir: Path | None = None) -> ReportSource:
+    """Where reports come back: the return IMAP inbox when `LABDISPATCH_RECEIPTS_IMAP_HOST`
+    is set, else the return Maildir (`LABDISPATCH_RECEIPTS_MAILDIR`, default var/receipts),
+    or `maildir` when given."""
+    receipts = settings.receipts
+    if maildir is None and receipts.imap_host:
+        password = read_secret(receipts.imap_password_file)
+        return ImapSource(
+            receipts.imap_host,
+            receipts.imap_port,
+            receipts.imap_username,
+            password.decode() if password is not None else "",
+            mailbox=receipts.imap_mailbox,
+            tls=cast(TlsMode, receipts.imap_tls),
+            ca_file=receipts.imap_ca_file,
+        )
+    return MaildirSource(maildir or settings.receipts_maildir_path)

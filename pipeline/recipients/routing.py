@@ -8,6 +8,7 @@ directory and the result resumes instead of being lost.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
@@ -29,11 +30,18 @@ class RoutedRecipient:
 
 def route(session: Session, facts: RoutingFacts) -> list[RoutedRecipient]:
     """Resolve every participant of a result against the directory, in message order."""
-    participants = facts.participants
-    resolutions = resolve_many(
-        session, facts.sender, [participant.identifier for participant in participants]
-    )
-    return [
-        RoutedRecipient(participant, resolution)
-        for participant, resolution in zip(participants, resolutions, strict=True)
-    ]
+    return route_many(session, [facts])[0]
+
+
+def route_many(session: Session, facts: Sequence[RoutingFacts]) -> list[list[RoutedRecipient]]:
+    """`route` for a batch of results: one directory lookup per sending laboratory."""
+    by_lab: dict[str, list[int]] = {}
+    for index, one in enumerate(facts):
+        by_lab.setdefault(one.sender, []).append(index)
+    answers: list[list[RoutedRecipient]] = [[] for _ in facts]
+    for lab, indexes in by_lab.items():
+        participants = [(i, p) for i in indexes for p in facts[i].participants]
+        resolutions = resolve_many(session, lab, [p.identifier for _, p in participants])
+        for (index, participant), resolution in zip(participants, resolutions, strict=True):
+            answers[index].append(RoutedRecipient(participant, resolution))
+    return answers

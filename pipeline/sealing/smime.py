@@ -73,9 +73,16 @@ def seal(
     the far end, silently.
     """
     check_signer(signer, datetime.now(UTC))
-    signed = sign(content, signer)
-    enveloped = encrypt(signed, recipient)
-    return outer_headers(headers) + _base64_lines(enveloped)
+    return envelope(sign(content, signer), recipient, headers)
+
+
+def envelope(signed: bytes, recipient: x509.Certificate, headers: EnvelopeHeaders) -> bytes:
+    """A signed entity (`sign`) enveloped for one recipient behind `headers`.
+
+    The signature covers the content only, never the outer headers, so one signature
+    serves every recipient of a result: signing (an RSA private-key operation) is paid once
+    per result, enveloping (a public-key one, ~10 times cheaper) once per recipient."""
+    return outer_headers(headers) + _base64_lines(encrypt(signed, recipient))
 
 
 def sign(content: bytes, signer: Signer) -> bytes:

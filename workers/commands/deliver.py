@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from pipeline.db import open_database
 from pipeline.delivery.dispatch import DispatchReport, dispatch_due
-from pipeline.delivery.intake import Accepted, accept_bytes
+from pipeline.delivery.intake import Answer, accept_bytes
 from pipeline.delivery.services import DeliveryServices
 from pipeline.ledger.models import Delivery
 from pipeline.settings import Settings
@@ -101,7 +101,7 @@ def run_dispatch(args: argparse.Namespace) -> int:
     return EXIT_PROBLEM if report.states.get("failed") else EXIT_OK
 
 
-def _describe(path: Path, item: Accepted) -> str:
+def _describe(path: Path, item: Answer) -> str:
     result = item.result
     where = f"{path} #{result.index}"
     if item.recorded is None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from pipeline.db import open_database
 from pipeline.delivery.receipts import collect_receipts
-from pipeline.delivery.services import read_secret, utc_now
-from pipeline.receipts.sources import ImapSource, MaildirSource, ReportSource, TlsMode
+from pipeline.delivery.services import utc_now
+from pipeline.receipts.sources import report_source
 from pipeline.settings import Settings
 
 
@@ -34,7 +34,7 @@ def register(commands: Any) -> None:
 def run_collect(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     sessions = open_database(settings)
-    with _source(settings, args.maildir) as source:
+    with report_source(settings, args.maildir) as source:
         recorded = collect_receipts(sessions, source, now=utc_now(), limit=args.limit)
     counts = Counter(
         "already recorded"
@@ -47,19 +47,3 @@ def run_collect(args: argparse.Namespace) -> int:
     for what, count in sorted(counts.items()):
         print(f"{count} {what}")
     return 0
-
-
-def _source(settings: Settings, maildir: Path | None) -> ReportSource:
-    receipts = settings.receipts
-    if maildir is None and receipts.imap_host:
-        password = read_secret(receipts.imap_password_file)
-        return ImapSource(
-            receipts.imap_host,
-            receipts.imap_port,
-            receipts.imap_username,
-            password.decode() if password is not None else "",
-            mailbox=receipts.imap_mailbox,
-            tls=cast(TlsMode, receipts.imap_tls),
-            ca_file=receipts.imap_ca_file,
-        )
-    return MaildirSource(maildir or settings.receipts_maildir_path)

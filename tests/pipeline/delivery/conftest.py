@@ -14,7 +14,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.db import migrate, session_factory
+from pipeline.delivery.intake import Inbound, accept_batch
 from pipeline.delivery.services import DeliveryServices, SignerRegistry
+from pipeline.delivery.stages import route_stage, seal_stage
 from pipeline.ledger.storage import StorageCipher
 from pipeline.recipients.directory_csv import import_directory
 from pipeline.sealing.demo_pki import DemoPki, create_demo_pki
@@ -118,3 +120,32 @@ def services(
     )
     yield services
     services.close()
+
+
+# --- driving the service's stages as the workers do ------------------------------------------
+
+
+def received(
+    ledger: sessionmaker[Session], services: DeliveryServices, *results: bytes
+) -> list[int]:
+    """Record results as the MLLP listener does (one transaction for all); the IDs of those
+    accepted, which the route stage is to take."""
+    with ledger.begin() as session:
+        answers = accept_batch(
+            session,
+            [Inbound(data, "mllp", "127.0.0.1:40000") for data in results],
+            services,
+            now=services.clock(),
+        )
+    return [
+        answer.message_id
+        for group in answers
+        for answer in group
+        if answer.to_route and answer.message_id is not None
+    ]
+
+
+def sealed(ledger: sessionmaker[Session], services: DeliveryServices, *results: bytes) -> list[int]:
+    """Record, route and seal results; the IDs of the deliveries ready to send."""
+    routed = route_stage(ledger, received(ledger, services, *results), services)
+    return seal_stage(ledger, routed.next_ids, services).next_ids

@@ -1,0 +1,76 @@
+"""A circuit breaker per destination: one dead relay must not eat the workers' time.
+
+After `failures` transient failures in a row towards one destination (an SMTP relay, an
+HTTPS host, a mailbox root), its circuit opens: deliveries bound there are rescheduled for
+when it closes again, without trying and without spending one of their attempts. Once the
+open period is over, one delivery goes through as a trial (half-open): success closes the
+circuit, failure opens it again. Permanent refusals say something about one recipient, not
+the destination, so they do not count.
+
+The state lives in each worker process: every process learns of a dead destination on its
+own after a few failures, which costs a few attempts, not a queue's worth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from pipeline.transports.base import Outcome
+
+CLOSED = "closed"
+OPEN = "open"
+HALF_OPEN = "half-open"
+
+
+@dataclass
+class _Circuit:
+    failures: int = 0
+    open_until: datetime | None = None
+    trial: bool = False  # a half-open trial is under way
+
+
+@dataclass
+class CircuitBreaker:
+    failures: int = 5
+    open_for: timedelta = timedelta(seconds=60)
+    _circuits: dict[str, _Circuit] = field(default_factory=dict)
+
+    def state(self, destination: str, now: datetime) -> str:
+        circuit = self._circuits.get(destination)
+        if circuit is None or circuit.open_until is None:
+            return CLOSED
+        return OPEN if now < circuit.open_until else HALF_OPEN
+
+    def allows(self, destination: str, now: datetime) -> bool:
+        """May a delivery to `destination` be tried now? Claims the trial when half-open."""
+        circuit = self._circuits.get(destination)
+        if circuit is None or circuit.open_until is None:
+            return True
+        if now < circuit.open_until or circuit.trial:
+            return False
+        circuit.trial = True
+        return True
+
+    def open_until(self, destination: str) -> datetime | None:
+        circuit = self._circuits.get(destination)
+        return circuit.open_until if circuit is not None else None
+
+    def record(self, destination: str, outcome: Outcome, now: datetime) -> None:
+        circuit = self._circuits.setdefault(destination, _Circuit())
+        if outcome is not Outcome.TRANSIENT:
+            # Accepted, or refused for reasons of one recipient: the destination answers.
+            self._circuits.pop(destination, None)
+            return
+        circuit.failures += 1
+        if circuit.trial or circuit.failures >= self.failures:
+            circuit.open_until = now + self.open_for
+        circuit.trial = False
+
+    def opened(self) -> dict[str, datetime]:
+        """Destinations whose circuit is open or half-open, with the time it (re)opened."""
+        return {
+            destination: circuit.open_until
+            for destination, circuit in self._circuits.items()
+            if circuit.open_until is not None
+        }

@@ -1,0 +1,65 @@
+"""Telling a laboratory that a delivery was given up.
+
+When a delivery fails for good (refused by the far side, retries exhausted, no usable
+certificate), the laboratory that sent the result must know, or a clinician waits for a
+result that will never come. The notice is a plain-text report dropped in the laboratory's
+notices folder (`LABDISPATCH_NOTICES_DIR/<MSH-4>/`, a folder its staff or its LIS can
+poll, like a file-interface outbox). It names the result by control ID, the recipient by
+directory key and the reason; no patient datum is in it. The file name comes from the
+delivery, so writing it again (a retried transaction) leaves one notice.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+
+from pipeline.hl7.participants import PATIENT
+from pipeline.ledger.models import Delivery
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def write_failure_notice(folder: Path, delivery: Delivery, now: datetime) -> Path:
+    """Write (or rewrite) the notice of a failed delivery; returns its path."""
+    message = delivery.message
+    lab_folder = folder / _safe(message.laboratory)
+    lab_folder.mkdir(parents=True, exist_ok=True)
+    path = lab_folder / f"failed-{_safe(message.control_id)}-{delivery.id}.txt"
+    if delivery.role == PATIENT:
+        # The laboratory knows its patient; a notice file may travel further than the ledger.
+        who, channel = "the patient", delivery.channel_kind or "-"
+    else:
+        who = delivery.recipient_key or f"unknown recipient ({delivery.wanted})"
+        channel = (
+            f"{delivery.channel_kind}:{delivery.channel_address}" if delivery.channel_kind else "-"
+        )
+    text = "\n".join(
+        [
+            "labdispatch: a result could not be delivered",
+            "",
+            f"Laboratory:     {message.laboratory}",
+            f"Control ID:     {message.control_id} (revision {message.revision})",
+            f"Received:       {message.received_at.isoformat(timespec='seconds')}",
+            f"Recipient:      {who} ({delivery.role or 'recipient'})",
+            f"Channel:        {channel}",
+            f"Attempts:       {delivery.attempts}",
+            f"Given up:       {now.isoformat(timespec='seconds')}",
+            f"Reason:         {delivery.last_error}",
+            "",
+            "The other recipients of this result are not affected. Send the result to this",
+            "recipient another way, or fix the cause and ask operations to replay it",
+            f"(labdispatch trace {message.control_id} shows its whole journey).",
+            "",
+        ]
+    )
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
+def _safe(name: str) -> str:
+    return _UNSAFE.sub("_", name).strip("._") or "_"

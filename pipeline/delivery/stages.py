@@ -1,0 +1,274 @@
+"""The pipeline's stages as workers run them: route, seal, send — each on a batch of IDs.
+
+A Celery task calls one of these with the IDs its message carried and enqueues the IDs
+returned for the next stage. Each stage is idempotent (ARCHITECTURE rule 2): it reads the
+ledger, not the task, to know what is left to do, so a task run twice (the broker redelivers
+an unacknowledged one after a worker died) does nothing twice.
+
+- A message is routed only while it is `received`; on PostgreSQL its row is locked (SKIP
+  LOCKED) for the transaction, on SQLite the transaction takes the write lock at BEGIN.
+- Deliveries are *claimed* before sealing and sending: a short transaction sets
+  `leased_until` on those still open and not claimed by someone else, and returns them.
+  The slow part (crypto, network) runs outside any transaction; outcomes are committed in
+  small groups. A worker killed mid-batch leaves claims that run out after the lease, and
+  reconcile hands that work to another worker.
+- Outcomes are committed every `COMMIT_EVERY` sends: a crash can lose the record of at
+  most that many sends, which are then sent again under the same Message-ID (the far side
+  can de-duplicate; Maildir and HTTPS do so by themselves).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from pipeline.db import begin_write
+from pipeline.delivery.dispatch import SignedResults, fail_delivery, seal_delivery, send_delivery
+from pipeline.delivery.record import read_stored
+from pipeline.delivery.routing import route_messages
+from pipeline.delivery.services import DeliveryServices
+from pipeline.errors import LabdispatchError
+from pipeline.hl7.facts import RoutingFacts
+from pipeline.hl7.intake import read_results
+from pipeline.ledger.models import Delivery, Message
+from pipeline.ledger.states import OPEN_STATES
+from pipeline.recipients.models import Recipient
+
+logger = logging.getLogger(__name__)
+
+#: Sends whose outcomes are committed together (bounds what a crash can make us resend).
+COMMIT_EVERY = 20
+
+
+@dataclass
+class StageReport:
+    """What a stage did: the IDs for the next stage, and counts by outcome."""
+
+    next_ids: list[int] = field(default_factory=list)
+    states: Counter[str] = field(default_factory=Counter)
+
+
+def route_stage(
+    sessions: sessionmaker[Session], message_ids: Sequence[int], services: DeliveryServices
+) -> StageReport:
+    """Create the deliveries of received messages; returns the new pending ones (to seal)."""
+    report = StageReport()
+    if not message_ids:
+        return report
+    now = services.clock()
+    with sessions() as session:
+        begin_write(session)
+        messages = session.scalars(
+            select(Message)
+            .where(Message.id.in_(message_ids), Message.state == "received")
+            .order_by(Message.id)
+            .with_for_update(skip_locked=True)
+        ).all()
+        readable: list[tuple[Message, RoutingFacts]] = []
+        for message in messages:
+            facts = _stored_facts(message, services)
+            if facts is None:
+                report.states["error"] += 1
+                continue
+            readable.append((message, facts))
+        try:
+            with session.begin_nested():
+                route_messages(session, readable, mail_domain=services.mail_domain, now=now)
+                session.flush()
+            routed = [message.id for message, _ in readable]
+        except Exception:
+            # Some message trips a bug: route them one by one, so only it is left behind.
+            routed = []
+            for message, facts in readable:
+                try:
+                    with session.begin_nested():
+                        route_messages(
+                            session, [(message, facts)], mail_domain=services.mail_domain, now=now
+                        )
+                        session.flush()
+                    routed.append(message.id)
+                except Exception as error:
+                    _log_stage_error("routing message", message.id, error)
+                    report.states["error"] += 1
+        for message, _ in readable:
+            if message.id in routed:
+                report.states[message.state] += 1
+        if routed:
+            report.next_ids = list(
+                session.scalars(
+                    select(Delivery.id)
+                    .where(Delivery.message_id.in_(routed), Delivery.state == "pending")
+                    .order_by(Delivery.id)
+                )
+            )
+            _mark_queued(session, report.next_ids, now)
+        session.commit()
+    return report
+
+
+def seal_stage(
+    sessions: sessionmaker[Session], delivery_ids: Sequence[int], services: DeliveryServices
+) -> StageReport:
+    """Sign and envelope claimed deliveries; returns the sealed ones (to send)."""
+    report = StageReport()
+    now = services.clock()
+    claimed = claim(sessions, delivery_ids, now, services.lease, sealed=False)
+    if not claimed:
+        return report
+    with sessions() as session:
+        deliveries = _load(session, claimed)
+        recipient_ids = {d.recipient_id for d in deliveries if d.recipient_id is not None}
+        # Into the identity map in one query (and held here: the map keeps only objects
+        # referenced elsewhere), so `seal_delivery` finds them there.
+        recipients = session.scalars(
+            select(Recipient)
+            .where(Recipient.id.in_(recipient_ids))
+            .options(selectinload(Recipient.certificates))
+        ).all()
+        session.commit()  # nothing written yet: end the read transaction before the crypto
+
+        signed = SignedResults(services)
+        for delivery in deliveries:
+            try:
+                seal_delivery(session, delivery, services, signed)
+            except LabdispatchError as error:
+                fail_delivery(session, delivery, f"not sealed: {error}", services.clock(), services)
+            except Exception as error:
+                _log_stage_error("sealing delivery", delivery.id, error)
+                fail_delivery(
+                    session,
+                    delivery,
+                    f"not sealed: internal error ({type(error).__name__}); see the logs, "
+                    "then replay",
+                    services.clock(),
+                    services,
+                )
+            delivery.leased_until = None
+            report.states["sealed" if delivery.state in OPEN_STATES else delivery.state] += 1
+            if delivery.state in OPEN_STATES:
+                report.next_ids.append(delivery.id)
+        begin_write(session)
+        _mark_queued(session, report.next_ids, services.clock())
+        session.commit()
+        del recipients
+    return report
+
+
+def send_stage(
+    sessions: sessionmaker[Session], delivery_ids: Sequence[int], services: DeliveryServices
+) -> StageReport:
+    """Send claimed, sealed, due deliveries and record each outcome (nothing follows)."""
+    report = StageReport()
+    now = services.clock()
+    claimed = claim(sessions, delivery_ids, now, services.lease, sealed=True)
+    if not claimed:
+        return report
+    deadline = time.monotonic() + services.lease.total_seconds() / 2
+    with sessions() as session:
+        deliveries = _load(session, claimed)
+        session.commit()  # end the read transaction: the network part holds none
+        unsent = 0
+        for done, delivery in enumerate(deliveries, start=1):
+            if time.monotonic() > deadline:
+                # Running out of lease: leave the rest for the next round rather than
+                # risk another worker sending them too.
+                unsent = len(deliveries) - done + 1
+                for left in deliveries[done - 1 :]:
+                    left.leased_until = None
+                    left.queued_at = None
+                break
+            report.states[send_delivery(session, delivery, services)] += 1
+            delivery.leased_until = None
+            if done % COMMIT_EVERY == 0:
+                begin_write(session)
+                session.commit()
+        if unsent:
+            report.states["left"] += unsent
+        begin_write(session)
+        session.commit()
+    return report
+
+
+def _stored_facts(message: Message, services: DeliveryServices) -> RoutingFacts | None:
+    """The routing facts of a recorded message, read again from its stored bytes. None (and
+    a log line) for one that no longer reads: it stays `received` and reconcile offers it
+    again, while the others go on (rule 3)."""
+    try:
+        result = next(read_results(read_stored(message, services.cipher)))
+        if result.facts is None:  # it was accepted once: a bug
+            raise LabdispatchError(f"stored message no longer reads: {result.error}")
+        return result.facts
+    except Exception as error:
+        _log_stage_error("reading message", message.id, error)
+        return None
+
+
+def _log_stage_error(doing: str, row_id: int, error: BaseException) -> None:
+    # The type only: an exception's text may quote the message.
+    logger.error("%s %s failed: %s", doing, row_id, type(error).__name__, exc_info=True)
+
+
+def claim(
+    sessions: sessionmaker[Session],
+    delivery_ids: Sequence[int],
+    now: datetime,
+    lease: timedelta,
+    *,
+    sealed: bool,
+) -> list[int]:
+    """Take the deliveries among `delivery_ids` that are still open, not claimed by another
+    worker, and ready for the stage (sealed and due for sending, not sealed for sealing)."""
+    if not delivery_ids:
+        return []
+    conditions = [
+        Delivery.id.in_(delivery_ids),
+        Delivery.state.in_(OPEN_STATES),
+        or_(Delivery.leased_until.is_(None), Delivery.leased_until < now),
+    ]
+    if sealed:
+        conditions += [
+            Delivery.envelope.is_not(None),
+            or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+        ]
+    else:
+        conditions.append(Delivery.envelope.is_(None))
+    with sessions() as session:
+        begin_write(session)
+        claimed = list(
+            session.scalars(
+                update(Delivery)
+                .where(*conditions)
+                .values(leased_until=now + lease)
+                .returning(Delivery.id),
+                execution_options={"synchronize_session": False},
+            )
+        )
+        session.commit()
+    return sorted(claimed)
+
+
+def _load(session: Session, delivery_ids: Sequence[int]) -> list[Delivery]:
+    return list(
+        session.scalars(
+            select(Delivery)
+            .where(Delivery.id.in_(delivery_ids))
+            .options(selectinload(Delivery.message))
+            .order_by(Delivery.id)
+        )
+    )
+
+
+def _mark_queued(session: Session, delivery_ids: Sequence[int], now: datetime) -> None:
+    """Note when work was handed on, so reconcile can tell lost work from queued work."""
+    if delivery_ids:
+        session.execute(
+            update(Delivery).where(Delivery.id.in_(delivery_ids)).values(queued_at=now),
+            execution_options={"synchronize_session": False},
+        )

@@ -1,0 +1,1 @@
+"""The queries behind ops monitoring and billing."""
