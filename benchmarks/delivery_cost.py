@@ -54,7 +54,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, ParamSpec, TypeVar
 
-from scratch_database import postgres_database  # benchmarks/scratch_database.py
 from sqlalchemy import Engine, event, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -73,6 +72,7 @@ from pipeline.settings import Settings, SigningSettings
 from pipeline.transports.base import Envelope, SendResult, Transport
 from pipeline.transports.mailbox import MailboxTransport
 from pipeline.transports.smtp import SmtpConfig, SmtpTransport
+from workers.bench.scratch import postgres_database
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -17,13 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from scratch_database import postgres_database  # benchmarks/scratch_database.py
-
 from pipeline.db import open_database
 from pipeline.recipients.directory_csv import import_directory
 from pipeline.recipients.identifiers import RPPS, Identifier
 from pipeline.recipients.resolve import resolve_many
 from pipeline.settings import Settings
+from workers.bench.scratch import postgres_database
 
 HEADER = "key,kind,name,specialty,identifiers,local_codes,channels,certificate\n"
 

@@ -105,9 +105,13 @@ def session(engine: Engine) -> Iterator[Session]:
 
 
 @pytest.fixture
-def cli_env(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Point the command line at the test database, as an operator would with env vars."""
+def cli_env(
+    database_url: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """Point the command line at the test database and the test Redis, as an operator
+    would with env vars."""
     monkeypatch.setenv("LABDISPATCH_DATABASE_URL", database_url)
+    monkeypatch.setenv("LABDISPATCH_BROKER_URL", redis_url)
     monkeypatch.setenv("LABDISPATCH_VAR_DIR", str(tmp_path / "var"))
     monkeypatch.delenv("LABDISPATCH_DEBUG", raising=False)
     if not database_url.startswith("sqlite"):
@@ -190,3 +194,28 @@ def start_relay() -> Iterator[RelayFactory]:
 def relay(start_relay: RelayFactory) -> Relay:
     """A plain relay: no TLS, no AUTH, no DSN."""
     return start_relay()
+
+
+# --- a real Redis -----------------------------------------------------------------------------
+
+#: Database 15, not 0: the suite may run beside a developer's own data in that Redis; tests
+#: keep to this database and may empty it.
+REDIS_TEST_URL = os.environ.get("LABDISPATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The Redis server the broker tests use (scripts/services starts one). An unreachable
+    server fails those tests with the reason: skipping them would hide broker bugs."""
+    from workers.broker import BrokerUnavailable, check
+
+    try:
+        check(REDIS_TEST_URL, timeout=5.0)
+    except BrokerUnavailable as error:
+        pytest.fail(
+            f"Redis is not reachable for the tests ({error}). Run scripts/services (it starts "
+            "one at 127.0.0.1:6379), or point LABDISPATCH_TEST_REDIS_URL at a server whose "
+            "database the tests may use.",
+            pytrace=False,
+        )
+    return REDIS_TEST_URL

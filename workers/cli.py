@@ -16,7 +16,11 @@ from importlib import metadata
 from typing import Any
 
 from pipeline.errors import LabdispatchError
-from workers.commands import deliver, directory, inspect, pki, receipts, trace
+from workers.commands import bench as bench_commands
+from workers.commands import broker, deliver, directory, inspect, pki, receipts, trace, watch
+from workers.commands import demo as demo_commands
+from workers.commands import mllp as mllp_commands
+from workers.commands import worker as worker_commands
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 70  # EX_SOFTWARE
@@ -36,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     deliver.register(commands)
     receipts.register(commands)
     trace.register(commands)
+    broker.register(commands)
+    watch.register(commands)
+    mllp_commands.register(commands)
+    worker_commands.register(commands)
+    demo_commands.register(commands)
+    bench_commands.register(commands)
     return parser
 
 

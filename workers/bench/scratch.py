@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,7 +9,7 @@ from contextlib import contextmanager
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from pipeline.db import database_url, safe_url
+from pipeline.db import DatabaseUnavailable, database_url, safe_url
 
 
 @contextmanager
@@ -26,7 +25,9 @@ def postgres_database(admin_url: str) -> Iterator[str]:
     except OperationalError as error:
         admin.dispose()
         reason = str(error.orig or error).strip().splitlines()[0]
-        sys.exit(f"PostgreSQL is not reachable at {safe_url(admin_url)} ({reason})")
+        raise DatabaseUnavailable(
+            f"PostgreSQL is not reachable at {safe_url(admin_url)} ({reason})"
+        ) from error
     try:
         yield admin.url.set(database=name).render_as_string(hide_password=False)
     finally:

@@ -1,0 +1,487 @@
+"""The end-to-end benchmark: synthetic results over MLLP through the whole stack.
+
+What runs is what an installation runs: `labdispatch mllp serve` and `labdispatch worker`
+as processes, a real Redis broker, a PostgreSQL ledger (a scratch database, dropped after),
+and a real SMTP receiver in its own process (`workers.smtp_sink`). The bench process only
+generates results, pushes them as a laboratory would (a few connections, a window of
+unanswered messages each), and watches the ledger until everything is delivered.
+
+Figures are measured, never estimated: throughput from the first message sent to the last
+delivery recorded; ACK latency per message at the client (write → ACK read); ingest to
+delivery from the ledger (`accepted_at - received_at`, both stamped by our processes);
+RSS from /proc; and, in the same run on the same broker, the one-task-per-item Celery
+no-op rate as the yardstick of what the broker alone costs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.closing import Closing
+from pipeline.db import open_database
+from pipeline.errors import ConfigurationError
+from pipeline.ledger.models import Delivery, Message
+from pipeline.settings import PREFIX, Settings
+from workers.bench.scratch import postgres_database
+from workers.bench.synthetic import bench_pki, bench_recipients, generate_results
+from workers.broker import stop_embedded
+from workers.mllp.client import push
+from workers.stack import Stack, StackError, open_work
+
+LABORATORY = "LABO-BENCH"
+DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+_LISTENING = re.compile(r"listening on ([^:]+):(\d+)")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    messages: int = 10_000
+    workers: int = 2
+    recipients: int = 200
+    connections: int = 4
+    window: int = 64
+    seed: int = 1
+    pdf_ratio: float = 0.05
+    batch_size: int = 100
+    #: Admin URL of the PostgreSQL server that gets the scratch ledger; None: SQLite.
+    postgres_admin_url: str | None = DEFAULT_ADMIN_URL
+    broker_url: str = ""  # empty: the embedded Redis server
+    noop_tasks: int = 5_000
+    workdir: Path | None = None
+    timeout: float = 3600.0
+    #: Sample the listener and the worker pool with py-spy while results flow, and print
+    #: where their time goes.
+    profile: bool = False
+
+
+@dataclass
+class BenchResult:
+    messages: int
+    envelopes: int
+    elapsed: float  # first message sent → last delivery recorded
+    push_elapsed: float  # first message sent → last ACK read
+    ack_latencies: list[float]
+    delivery_latencies: list[float]
+    ack_codes: dict[str, int]
+    peak_rss: dict[str, int]  # process → kB
+    worker_rss_early: int  # kB, pool processes summed, at 10 % of the deliveries
+    worker_rss_late: int  # kB, at 90 %
+    noop_rate: float
+    states: dict[str, int] = field(default_factory=dict)
+    database: str = ""
+    broker: str = ""
+    profile: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        ack = _percentiles(self.ack_latencies)
+        delivery = _percentiles(self.delivery_latencies)
+        rss = ", ".join(f"{name} {kb / 1024:.0f} MB" for name, kb in sorted(self.peak_rss.items()))
+        growth = (
+            f"{(self.worker_rss_late - self.worker_rss_early) / 1024:+.1f} MB"
+            if self.worker_rss_early
+            else "n/a"
+        )
+        return [
+            f"ledger {self.database}, broker {self.broker}",
+            f"results              {self.messages} in {self.elapsed:.1f} s: "
+            f"{self.messages / self.elapsed:.0f} results/s end to end",
+            f"envelopes            {self.envelopes}: {self.envelopes / self.elapsed:.0f} "
+            "envelopes/s end to end",
+            f"intake               all ACKed in {self.push_elapsed:.1f} s "
+            f"({self.messages / self.push_elapsed:.0f} messages/s); ACK codes "
+            + ", ".join(f"{c} {n}" for c, n in sorted(self.ack_codes.items())),
+            f"ACK latency          p50 {ack[0] * 1000:.1f} ms, p99 {ack[1] * 1000:.1f} ms",
+            f"ingest → delivery    p50 {delivery[0]:.2f} s, p99 {delivery[1]:.2f} s",
+            f"peak RSS             {rss}",
+            f"worker RSS           {self.worker_rss_early / 1024:.0f} MB at 10 % → "
+            f"{self.worker_rss_late / 1024:.0f} MB at 90 % ({growth})",
+            "deliveries by state  " + ", ".join(f"{s} {n}" for s, n in sorted(self.states.items())),
+            f"Celery no-op         {self.noop_rate:.0f} tasks/s (one task per item, same broker)",
+            *self.profile,
+        ]
+
+
+def run_bench(options: BenchOptions) -> BenchResult:
+    if options.messages < 1 or options.workers < 1:
+        raise ConfigurationError("--messages and --workers must be at least 1")
+    with contextlib.ExitStack() as cleanup:
+        workdir = options.workdir or Path(
+            cleanup.enter_context(tempfile.TemporaryDirectory(prefix="labdispatch-bench-"))
+        )
+        workdir.mkdir(parents=True, exist_ok=True)
+        if options.postgres_admin_url:
+            database_url = cleanup.enter_context(postgres_database(options.postgres_admin_url))
+        else:
+            database_url = f"sqlite:///{workdir / 'var' / 'labdispatch.db'}"
+        key_file = workdir / "storage.key"
+        key_file.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+        key_file.chmod(0o600)
+        pki = workdir / "pki"
+        bench_pki(pki, options.recipients, LABORATORY)
+        env = {name: value for name, value in os.environ.items() if not name.startswith(PREFIX)}
+        env |= {
+            "LABDISPATCH_VAR_DIR": str(workdir / "var"),
+            "LABDISPATCH_DATABASE_URL": database_url,
+            "LABDISPATCH_STORAGE_KEY_FILE": str(key_file),
+            "LABDISPATCH_SIGNING_CERT": str(pki / "lab.crt"),
+            "LABDISPATCH_SIGNING_KEY": str(pki / "lab.key"),
+            "LABDISPATCH_MAIL_FROM": "results@labo-bench.example",
+            "LABDISPATCH_SMTP_HOST": "127.0.0.1",
+            "LABDISPATCH_SMTP_TLS": "none",
+            "LABDISPATCH_BATCH_SIZE": str(options.batch_size),
+            "LABDISPATCH_RECONCILE_INTERVAL": "10",
+            "LABDISPATCH_REQUEUE_AFTER": "60",
+        }
+        if options.broker_url:
+            env["LABDISPATCH_BROKER_URL"] = options.broker_url
+        os.environ.clear()
+        os.environ.update(env)
+        settings = Settings.from_env()
+        sessions = open_database(settings)
+        cleanup.callback(_dispose, sessions)
+        if not options.broker_url:
+            cleanup.callback(stop_embedded, settings)
+        from workers.cli import main  # the command line imports this module
+
+        if main(["directory", "import", str(pki / "directory.csv")]) != 0:
+            raise ConfigurationError("importing the benchmark directory failed")
+
+        sink = cleanup.enter_context(SinkProcess(workdir / "sink.tsv", workdir / "sink.log"))
+        os.environ["LABDISPATCH_SMTP_PORT"] = str(sink.port)
+        stack = cleanup.enter_context(
+            Stack(env={"LABDISPATCH_SMTP_PORT": str(sink.port)}, log_dir=workdir / "logs")
+        )
+        port = stack.start_listener()
+        stack.start_worker(concurrency=options.workers)
+
+        rpps = [r.rpps for r in bench_recipients(options.recipients)]
+        sampler = RssSampler(stack, sink, sessions, settings)
+        sampler.start()
+        profiler = Profiler(stack, workdir / "profile") if options.profile else None
+        started = time.monotonic()
+        report = asyncio.run(
+            push(
+                "127.0.0.1",
+                port,
+                generate_results(
+                    options.messages, options.seed, LABORATORY, rpps, options.pdf_ratio
+                ),
+                connections=options.connections,
+                window=options.window,
+            )
+        )
+        pushed = time.monotonic()
+        sampler.expected = _count_deliveries(sessions)
+        deadline = started + options.timeout
+        while True:
+            stack.check_running()
+            with sessions() as session:
+                if not open_work(session):
+                    break
+            if time.monotonic() > deadline:
+                raise StackError(f"not settled after {options.timeout:.0f} s")
+            time.sleep(0.25)
+        finished = time.monotonic()
+        sampler.stop()
+        profile = profiler.stop() if profiler is not None else []
+        with sessions() as session:
+            states = dict(
+                session.execute(select(Delivery.state, func.count()).group_by(Delivery.state))
+                .tuples()
+                .all()
+            )
+            latencies = [
+                (accepted - received).total_seconds()
+                for accepted, received in session.execute(
+                    select(Delivery.accepted_at, Message.received_at)
+                    .join(Message, Delivery.message_id == Message.id)
+                    .where(Delivery.accepted_at.is_not(None))
+                ).tuples()
+                if accepted is not None
+            ]
+        peak = sampler.peaks()
+        stack.close()
+
+        noop_rate = measure_noop_rate(options.noop_tasks, options.workers, workdir)
+        return BenchResult(
+            messages=options.messages,
+            envelopes=len(latencies),
+            elapsed=finished - started,
+            push_elapsed=pushed - started,
+            ack_latencies=report.latencies,
+            delivery_latencies=latencies,
+            ack_codes=dict(report.codes),
+            peak_rss=peak,
+            worker_rss_early=sampler.early,
+            worker_rss_late=sampler.late,
+            noop_rate=noop_rate,
+            states=states,
+            database="PostgreSQL (scratch database)" if options.postgres_admin_url else "SQLite",
+            broker="Redis "
+            + ("(embedded)" if not options.broker_url else "(LABDISPATCH_BROKER_URL)"),
+            profile=profile,
+        )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def measure_noop_rate(tasks: int, concurrency: int, workdir: Path) -> float:
+    """One no-op task per item through the same broker, drained by a worker of the same
+    size: the per-task cost the stages' batching is there to amortise."""
+    from workers.celery_app import BENCH_QUEUE, app
+    from workers.tasks import noop
+
+    with app.connection_for_write() as connection:
+        client = connection.default_channel.client
+        client.delete(BENCH_QUEUE)
+        publisher = app.amqp.producer_pool.acquire(block=True)
+        try:
+            for item in range(tasks):
+                noop.apply_async(args=[item], producer=publisher)
+        finally:
+            publisher.release()
+        with Stack(env={}, log_dir=workdir / "logs") as stack:
+            started = time.monotonic()
+            stack.start(
+                "noop-worker",
+                "worker",
+                "--queues",
+                BENCH_QUEUE,
+                "--no-beat",
+                "--",
+                "--concurrency",
+                str(concurrency),
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--loglevel",
+                "WARNING",
+            )
+            while client.llen(BENCH_QUEUE) or client.hlen("unacked"):
+                stack.check_running()
+                time.sleep(0.02)
+            elapsed = time.monotonic() - started
+    return tasks / elapsed
+
+
+class Profiler:
+    """py-spy sampling the listener and each worker pool process until stopped."""
+
+    def __init__(self, stack: Stack, folder: Path) -> None:
+        executable = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(executable).exists():
+            raise ConfigurationError("--profile needs py-spy: pip install py-spy")
+        folder.mkdir(parents=True, exist_ok=True)
+        targets = {"mllp": stack.processes["mllp"].pid}
+        for index, pid in enumerate(stack.worker_children("worker"), start=1):
+            targets[f"worker-{index}"] = pid
+        self.outputs = {name: folder / f"{name}.raw" for name in targets}
+        self.processes = [
+            subprocess.Popen(
+                [
+                    executable,
+                    *("record", "--pid", str(pid), "--format", "raw", "--nonblocking"),
+                    *("--rate", "50", "-o", str(self.outputs[name])),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for name, pid in targets.items()
+        ]
+
+    def stop(self) -> list[str]:
+        for process in self.processes:
+            process.send_signal(signal.SIGINT)
+        for process in self.processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        lines = []
+        for name, path in self.outputs.items():
+            lines += summarise_profile(name, path)
+        return lines
+
+
+def summarise_profile(name: str, path: Path, top: int = 12) -> list[str]:
+    """Where one process spent its samples: our functions by inclusive share, and the
+    leaf functions (self time) wherever they are."""
+    inclusive: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
+    total = 0
+    try:
+        text = path.read_text()
+    except OSError:
+        return [f"profile {name}: no samples"]
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        samples = int(count)
+        total += samples
+        frames = stack.split(";")
+        leaves[_short(frames[-1])] += samples
+        for frame in {f for f in frames if "pipeline/" in f or "workers/" in f}:
+            inclusive[_short(frame)] += samples
+    if not total:
+        return [f"profile {name}: no samples"]
+    lines = [f"profile {name} ({total} samples): ours, inclusive"]
+    lines += [f"  {n * 100 / total:5.1f}% {frame}" for frame, n in inclusive.most_common(top)]
+    lines.append(f"profile {name}: leaf functions")
+    lines += [f"  {n * 100 / total:5.1f}% {frame}" for frame, n in leaves.most_common(top)]
+    return lines
+
+
+def _short(frame: str) -> str:
+    """`func (path/to/module.py:12)` → `func (module.py)`: lines differ, functions don't."""
+    function, _, where = frame.partition(" (")
+    module = where.rsplit("/", 1)[-1].split(":")[0]
+    return f"{function} ({module})"
+
+
+class SinkProcess(Closing):
+    """The SMTP receiver in its own process, so its CPU shows apart from ours."""
+
+    def __init__(self, log: Path, output: Path) -> None:
+        self._output = output.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "workers.smtp_sink", "--port", "0", "--log", str(log)],
+            stdout=subprocess.PIPE,
+            stderr=self._output,
+            start_new_session=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().decode()
+        match = _LISTENING.search(line)
+        if match is None:
+            self.close()
+            raise StackError(f"the SMTP receiver did not start; see {output}")
+        self.port = int(match.group(2))
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self._output.close()
+
+
+class RssSampler:
+    """Samples every process's RSS once a second, and the pool's RSS at 10 % and 90 % of
+    the deliveries (to show whether workers grow over a run)."""
+
+    def __init__(
+        self,
+        stack: Stack,
+        sink: SinkProcess,
+        sessions: sessionmaker[Session],
+        settings: Settings,
+    ) -> None:
+        self.stack = stack
+        self.sink = sink
+        self.sessions = sessions
+        self.settings = settings
+        self.expected: int | None = None
+        self.early = 0
+        self.late = 0
+        self._peaks: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def peaks(self) -> dict[str, int]:
+        self._sample()
+        return dict(self._peaks)
+
+    def _processes(self) -> dict[str, int]:
+        found = {"bench (client)": os.getpid(), "smtp receiver": self.sink.pid}
+        for name, process in self.stack.processes.items():
+            found[f"{name} (main)" if name == "worker" else name] = process.pid
+        for index, child in enumerate(self.stack.worker_children("worker"), start=1):
+            found[f"worker pool {index}"] = child
+        pid_file = self.settings.broker_dir / "redis.pid"
+        with contextlib.suppress(OSError, ValueError):
+            found["redis (embedded)"] = int(pid_file.read_text().strip())
+        return found
+
+    def _sample(self) -> int:
+        pool = 0
+        for name, pid in self._processes().items():
+            kb = _status_kb(pid, "VmHWM")
+            if kb:
+                self._peaks[name] = max(self._peaks.get(name, 0), kb)
+            if name.startswith("worker pool"):
+                pool += _status_kb(pid, "VmRSS")
+        return pool
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            pool = self._sample()
+            if self.expected:
+                done = _count_deliveries(self.sessions, finished=True)
+                if not self.early and done >= 0.1 * self.expected:
+                    self.early = pool
+                if not self.late and done >= 0.9 * self.expected:
+                    self.late = pool
+
+
+def _count_deliveries(sessions: sessionmaker[Session], *, finished: bool = False) -> int:
+    with sessions() as session:
+        query = select(func.count()).select_from(Delivery)
+        if finished:
+            query = query.where(Delivery.accepted_at.is_not(None))
+        return int(session.scalar(query) or 0)
+
+
+def _status_kb(pid: int, field_name: str) -> int:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(rf"^{field_name}:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+def _percentiles(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return (0.0, 0.0)
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return at(0.50), at(0.99)
+
+
+def _dispose(sessions: sessionmaker[Session]) -> None:
+    bind = sessions.kw.get("bind")
+    if bind is not None:
+        bind.dispose()

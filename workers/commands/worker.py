@@ -1,0 +1,171 @@
+"""`labdispatch worker` (Celery workers for every stage) and `labdispatch status`.
+
+`worker` is a thin wrapper over `celery worker`: it names the app and the stage queues,
+runs the periodic jobs (reconcile, retry sweep, receipts) in the same process unless told
+`--no-beat`, and passes anything after `--` to Celery as is (`labdispatch worker --
+--concurrency 4 --loglevel INFO`). Run one worker with beat and as many `--no-beat` ones
+as the machines allow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import timedelta
+from typing import Any
+
+from pipeline.db import open_database
+from pipeline.delivery.services import utc_now
+from pipeline.settings import Settings
+from pipeline.stats.status import LedgerStatus, ledger_status
+from workers.broker import BrokerUnavailable, broker_url, is_embedded, redact
+
+#: Celery's Redis transport keeps a queue's tasks in lists named after it, one per priority
+#: step; these are the suffixes of the default steps (0 has none).
+_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+
+
+def register(commands: Any) -> None:
+    worker = commands.add_parser(
+        "worker",
+        help="run Celery workers for the route, seal and send stages (and the periodic jobs)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    worker.add_argument(
+        "--queues", help="comma-separated stage queues to serve (default: all of them)"
+    )
+    worker.add_argument(
+        "--no-beat", action="store_true", help="do not run the periodic jobs in this worker"
+    )
+    worker.add_argument(
+        "celery_args", nargs=argparse.REMAINDER, help="after --: options for celery worker"
+    )
+    worker.set_defaults(handler=run_worker)
+
+    status = commands.add_parser(
+        "status",
+        help="queue depths, what waits and since when, deliveries by state, recent failures",
+        description="What an operator asks first, from the broker and the ledger.",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=run_status)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from workers.celery_app import QUEUES, app
+
+    settings = Settings.from_env()
+    open_database(settings)  # migrate once here, before the children start
+    argv = ["worker", "--queues", args.queues or ",".join(QUEUES)]
+    if not args.no_beat:
+        settings.ensure_var_dir()
+        argv += ["--beat", "--schedule", str(settings.var_dir / "beat-schedule")]
+    extra = [a for a in args.celery_args if a != "--"]
+    if not any(a.startswith(("--loglevel", "-l")) for a in extra):
+        argv += ["--loglevel", "INFO"]
+    app.worker_main(argv + extra)
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    sessions = open_database(settings)
+    now = utc_now()
+    with sessions() as session:
+        ledger = ledger_status(session, now)
+    try:
+        url = broker_url(settings)
+        queues, unacked = _queue_depths(url)
+        broker = {"url": redact(url), "embedded": is_embedded(settings), "answering": True}
+    except BrokerUnavailable as error:
+        queues, unacked = {}, None
+        broker = {"url": "", "embedded": is_embedded(settings), "answering": False}
+        broker["error"] = str(error)
+    if args.json:
+        print(json.dumps(_as_json(broker, queues, unacked, ledger), indent=2))
+    else:
+        print(_as_text(broker, queues, unacked, ledger))
+    return 0 if broker["answering"] else 1
+
+
+def _queue_depths(url: str) -> tuple[dict[str, int], int]:
+    from workers.celery_app import QUEUES, app
+
+    with app.connection_for_read(url) as connection:
+        client = connection.default_channel.client
+        depths = {
+            queue: sum(int(client.llen(queue + suffix)) for suffix in _PRIORITY_SUFFIXES)
+            for queue in QUEUES
+        }
+        unacked = int(client.hlen("unacked"))
+    return depths, unacked
+
+
+def _as_json(
+    broker: dict[str, Any], queues: dict[str, int], unacked: int | None, ledger: LedgerStatus
+) -> dict[str, Any]:
+    return {
+        "broker": broker,
+        "queues": queues,
+        "unacknowledged_tasks": unacked,
+        "messages": ledger.messages,
+        "deliveries": ledger.deliveries,
+        "oldest_open_delivery_seconds": _seconds(ledger.oldest_open_age),
+        "oldest_unrouted_message_seconds": _seconds(ledger.oldest_unrouted_age),
+        "next_retry_at": ledger.next_retry_at.isoformat() if ledger.next_retry_at else None,
+        "last_hour": {
+            "received": ledger.received_last_hour,
+            "rejected": ledger.rejected_last_hour,
+            "failed": ledger.failed_last_hour,
+        },
+    }
+
+
+def _as_text(
+    broker: dict[str, Any], queues: dict[str, int], unacked: int | None, ledger: LedgerStatus
+) -> str:
+    kind = "embedded" if broker["embedded"] else "external"
+    if broker["answering"]:
+        lines = [f"broker      {broker['url']} ({kind}): answering"]
+        depth = ", ".join(f"{q.removeprefix('labdispatch.')} {n}" for q, n in queues.items())
+        lines.append(f"queues      {depth}; {unacked} task(s) being worked on")
+    else:
+        lines = [f"broker      NOT ANSWERING ({kind}): {broker.get('error', '')}"]
+    lines.append("messages    " + _counts(ledger.messages))
+    lines.append("deliveries  " + _counts(ledger.deliveries))
+    lines.append(
+        "waiting     oldest open delivery "
+        + _age(ledger.oldest_open_age)
+        + ", oldest unrouted message "
+        + _age(ledger.oldest_unrouted_age)
+        + (
+            f", next retry {ledger.next_retry_at.isoformat(timespec='seconds')}"
+            if ledger.next_retry_at
+            else ""
+        )
+    )
+    lines.append(
+        f"last hour   {ledger.received_last_hour} received, {ledger.rejected_last_hour} "
+        f"rejected at intake, {ledger.failed_last_hour} deliveries failed"
+    )
+    return "\n".join(lines)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{state} {count}" for state, count in counts.items())
+
+
+def _age(age: timedelta | None) -> str:
+    if age is None:
+        return "none"
+    seconds = int(age.total_seconds())
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h"
+
+
+def _seconds(age: timedelta | None) -> float | None:
+    return round(age.total_seconds(), 1) if age is not None else None

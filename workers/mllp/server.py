@@ -1,0 +1,507 @@
+"""The MLLP listener: many LIS connections, one writer to the ledger, no ACK before commit.
+
+Each connection reads its frames in order and hands each one to the `GroupCommitter`: one
+thread that owns the database work. It takes every frame waiting (up to `max_batch`,
+lingering a couple of milliseconds for more once it has one), records them all in one
+transaction, commits, and only then answers each frame. So a morning peak of many LIS
+pushing at once costs one commit per batch rather than one per message, and an ACK on
+the wire always means "committed" (ARCHITECTURE rule 1).
+
+A connection writes its ACKs in the order its frames arrived, however the batches fell.
+When the commit fails (the ledger is down), every frame of the batch gets an error ACK
+(AE, enhanced mode CE) saying it was not stored: the LIS keeps it and sends it again.
+Nothing here logs message content: peers, counts and control IDs only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.db import begin_write, first_line, open_database
+from pipeline.delivery.intake import Answer, Inbound, accept_batch, unavailable_answers
+from pipeline.delivery.services import DeliveryServices
+from pipeline.errors import LabdispatchError
+from pipeline.hl7.ack import REJECT, AckContext, AckIssue, encode_accept_ack
+from pipeline.settings import Settings
+from workers.hooks import AfterCommit
+from workers.mllp.framing import (
+    DEFAULT_MAX_BYTES,
+    READ_SIZE,
+    FrameDecoder,
+    OversizedFrame,
+    frame,
+    read_frames,
+)
+
+#: How long the committer waits for more frames once it holds one: a little latency for
+#: far fewer commits when many connections are busy.
+DEFAULT_LINGER_SECONDS = 0.002
+#: Frames a connection may have waiting for their ACK; past this we stop reading it, and
+#: TCP pushes back on the sender.
+DEFAULT_WINDOW = 256
+#: How long a connection closed by a shutdown waits for the LIS to close its side.
+LINGER_SECONDS = 2.0
+#: How long a shutdown waits for in-flight batches and their ACKs.
+DEFAULT_GRACE_SECONDS = 10.0
+
+UNAVAILABLE_REASON = (
+    "not stored: the result ledger is unavailable; keep the message and send it again later"
+)
+FAILED_REASON = "not stored: an internal error occurred; keep the message and send it again later"
+
+log = logging.getLogger(__name__)
+
+
+class ListenerError(LabdispatchError):
+    """The listener cannot start (address in use, no permission to bind)."""
+
+
+@dataclass
+class _Pending:
+    inbound: Inbound
+    future: asyncio.Future[list[Answer]]
+
+
+_STOP = object()
+
+
+class GroupCommitter:
+    """The one thread that writes intake to the ledger, a batch per transaction.
+
+    `submit` is called on the event loop; the answers come back on the same loop, and
+    only after the batch's commit returned. `after_commit` runs on this thread, after
+    the answers are on their way; its exceptions are logged and swallowed (reconcile
+    finds messages the route stage never took up)."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        services: DeliveryServices,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        after_commit: AfterCommit | None = None,
+        max_batch: int = 100,
+        linger: float = DEFAULT_LINGER_SECONDS,
+    ) -> None:
+        self._sessions = sessions
+        self._services = services
+        self._loop = loop
+        self._after_commit = after_commit
+        self._max_batch = max(1, max_batch)
+        self._linger = linger
+        self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="mllp-committer", daemon=True)
+        self.batches = 0  # commits attempted, for tests and curiosity
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, inbound: Inbound) -> asyncio.Future[list[Answer]]:
+        future: asyncio.Future[list[Answer]] = self._loop.create_future()
+        self._queue.put(_Pending(inbound, future))
+        return future
+
+    def stop(self) -> None:
+        """Finish what was submitted, then end the thread (blocks until it has)."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            assert isinstance(first, _Pending)
+            batch = [first]
+            deadline = time.monotonic() + self._linger
+            while len(batch) < self._max_batch:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                assert isinstance(item, _Pending)
+                batch.append(item)
+            try:
+                self._commit(batch)
+            except Exception as error:  # a bug: never leave a connection waiting forever
+                log.error("MLLP committer failed (%s)", type(error).__name__, exc_info=True)
+                self._loop.call_soon_threadsafe(_fail, batch, error)
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        self.batches += 1
+        stored = self._store([pending.inbound for pending in batch])
+        self._loop.call_soon_threadsafe(_resolve, batch, [answers for answers, _ in stored])
+        route = [
+            answer.message_id
+            for answers, committed in stored
+            if committed
+            for answer in answers
+            if answer.to_route and answer.message_id is not None
+        ]
+        if route and self._after_commit is not None:
+            try:
+                self._after_commit(route)
+            except Exception as error:
+                log.error(
+                    "after-commit hook failed for %d message(s) (%s); reconcile will route them",
+                    len(route),
+                    type(error).__name__,
+                    exc_info=True,
+                )
+
+    def _store(self, inbound: Sequence[Inbound]) -> list[tuple[list[Answer], bool]]:
+        """Each item's answers, and whether they were committed.
+
+        A batch that fails for a reason other than the database being unreachable is
+        tried again one item at a time, so one message that trips a bug (or races a
+        concurrent writer) does not turn away the frames that shared its transaction."""
+        try:
+            with self._sessions() as session:
+                begin_write(session)  # SQLite: wait for another writer rather than fail
+                answers = accept_batch(session, inbound, self._services, now=self._services.clock())
+                session.commit()
+            return [(group, True) for group in answers]
+        except Exception as error:
+            reason = UNAVAILABLE_REASON if isinstance(error, DBAPIError) else FAILED_REASON
+            if _unreachable(error):
+                log.error(
+                    "ledger unavailable: %d frame(s) answered with an error, not stored (%s)",
+                    len(inbound),
+                    first_line(getattr(error, "orig", None) or error),
+                )
+                return [(unavailable_answers(item, reason), False) for item in inbound]
+            if len(inbound) == 1:
+                log.error(
+                    "intake failed for a frame from %s (%s): answered with an error, not stored",
+                    inbound[0].source_name,
+                    type(error).__name__,
+                    exc_info=True,
+                )
+                return [(unavailable_answers(inbound[0], reason), False)]
+        return [self._store([item])[0] for item in inbound]
+
+
+def _unreachable(error: BaseException) -> bool:
+    """The database cannot be reached right now: trying the frames one by one would only
+    fail the same way, slower."""
+    if isinstance(error, OperationalError | InterfaceError | DisconnectionError):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
+
+
+def _resolve(batch: list[_Pending], answers: list[list[Answer]]) -> None:
+    for pending, answer in zip(batch, answers, strict=True):
+        if not pending.future.done():
+            pending.future.set_result(answer)
+
+
+def _fail(batch: list[_Pending], error: Exception) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(error)
+
+
+@dataclass(eq=False)  # each connection is its own: kept in a set by identity
+class _Connection:
+    peer: str
+    writer: asyncio.StreamWriter
+    window: asyncio.Semaphore
+    pending: asyncio.Queue[asyncio.Future[list[Answer]] | bytes | None] = field(
+        default_factory=asyncio.Queue
+    )
+    reading: asyncio.Task[None] | None = None
+    frames: int = 0
+    acks: int = 0
+    broken: bool = False
+
+
+class MllpServer:
+    """An asyncio MLLP listener committing through a `GroupCommitter`.
+
+    `start` binds (port 0 picks a free port, read it back from `port`); `close` stops
+    accepting, stops reading, lets every frame already read be committed and answered,
+    then closes the connections and the committer."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        services: DeliveryServices,
+        *,
+        after_commit: AfterCommit | None = None,
+        max_batch: int = 100,
+        linger: float = DEFAULT_LINGER_SECONDS,
+        max_frame_bytes: int = DEFAULT_MAX_BYTES,
+        window: int = DEFAULT_WINDOW,
+        grace: float = DEFAULT_GRACE_SECONDS,
+    ) -> None:
+        self._sessions = sessions
+        self._services = services
+        self._after_commit = after_commit
+        self._max_batch = max_batch
+        self._linger = linger
+        self._max_frame_bytes = max_frame_bytes
+        self._window = window
+        self._grace = grace
+        self._server: asyncio.Server | None = None
+        self._committer: GroupCommitter | None = None
+        self._connections: set[_Connection] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._closed = asyncio.Event()
+        self._closing = False
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._committer = GroupCommitter(
+            self._sessions,
+            self._services,
+            loop,
+            after_commit=self._after_commit,
+            max_batch=self._max_batch,
+            linger=self._linger,
+        )
+        try:
+            self._server = await asyncio.start_server(self._handle, host, port)
+        except OSError as error:
+            raise ListenerError(
+                f"cannot listen for MLLP on {host}:{port}: {error.strerror or error}"
+            ) from error
+        self._committer.start()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "start() first"
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def committer(self) -> GroupCommitter:
+        assert self._committer is not None, "start() first"
+        return self._committer
+
+    async def serve_forever(self) -> None:
+        """Wait until `close` has finished."""
+        await self._closed.wait()
+
+    async def close(self) -> None:
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        if self._server is not None:
+            self._server.close()  # no new connections
+        for connection in list(self._connections):
+            if connection.reading is not None:
+                connection.reading.cancel()  # frames already read are still answered
+        if self._handlers:
+            _, late = await asyncio.wait(set(self._handlers), timeout=self._grace)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("MLLP shutdown: %d connection(s) did not finish in time", len(late))
+                await asyncio.wait(late)
+        if self._committer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._committer.stop)
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._closed.set()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        address = writer.get_extra_info("peername")
+        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+        connection = _Connection(peer, writer, asyncio.Semaphore(self._window))
+        self._connections.add(connection)
+        log.info("MLLP connection from %s", peer)
+        try:
+            if self._closing:
+                return
+            sender = asyncio.create_task(self._send_acks(connection))
+            connection.reading = asyncio.create_task(self._read(connection, reader))
+            await asyncio.wait([connection.reading])
+            if not connection.reading.cancelled() and connection.reading.exception():
+                log.error(
+                    "MLLP %s: reading failed (%s)",
+                    peer,
+                    type(connection.reading.exception()).__name__,
+                )
+            connection.pending.put_nowait(None)
+            await sender
+            if self._closing and not connection.broken:
+                await _linger(reader, writer)
+        finally:
+            self._connections.discard(connection)
+            self._handlers.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+            log.info(
+                "MLLP connection from %s closed: %d frame(s), %d ACK(s)",
+                peer,
+                connection.frames,
+                connection.acks,
+            )
+
+    async def _read(self, connection: _Connection, reader: asyncio.StreamReader) -> None:
+        decoder = FrameDecoder(self._max_frame_bytes)
+        try:
+            async for item in read_frames(reader, decoder, peer=connection.peer):
+                await connection.window.acquire()
+                # No await from here to the queue: a shutdown cancelling the read never
+                # separates a submitted frame from its place in the ACK order.
+                connection.frames += 1
+                if isinstance(item, OversizedFrame):
+                    ack = _oversized_ack(item, connection.peer)
+                    if ack is None:
+                        connection.window.release()
+                    else:
+                        connection.pending.put_nowait(ack)
+                    continue
+                connection.pending.put_nowait(
+                    self.committer.submit(Inbound(item, "mllp", connection.peer))
+                )
+        except (ConnectionError, OSError) as error:
+            log.info("MLLP %s: connection lost (%s)", connection.peer, type(error).__name__)
+        finally:
+            if decoder.discarded or decoder.interrupted:
+                log.warning(
+                    "MLLP %s: %d byte(s) outside any frame and %d frame(s) cut short by a new "
+                    "start block were dropped",
+                    connection.peer,
+                    decoder.discarded,
+                    decoder.interrupted,
+                )
+
+    async def _send_acks(self, connection: _Connection) -> None:
+        writer = connection.writer
+        while True:
+            item = await connection.pending.get()
+            if item is None:
+                break
+            try:
+                acks = [item] if isinstance(item, bytes) else _acks(await item)
+            except Exception:
+                # The committer could not answer (a bug, logged there): this frame and any
+                # after it would go unanswered or out of order. Drop the connection, so the
+                # LIS resends what has no ACK.
+                connection.broken = True
+                writer.transport.abort()
+                acks = []
+            finally:
+                connection.window.release()
+            if connection.broken or writer.is_closing():
+                connection.broken = True
+                continue
+            for ack in acks:
+                writer.write(frame(ack))
+            connection.acks += len(acks)
+            try:
+                await writer.drain()  # at once when the LIS reads; waits when it does not
+            except (ConnectionError, OSError):
+                connection.broken = True  # the LIS went away: it resends what has no ACK
+
+
+def _acks(answers: list[Answer]) -> list[bytes]:
+    """What to write for one frame: an ACK per message, in order (none when MSH-15 says)."""
+    return [answer.ack for answer in answers if answer.ack is not None]
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close, then read and drop until the LIS closes (for a moment at most).
+
+    Closing a socket with unread data in it makes TCP reset the connection, and a reset
+    can destroy the ACKs the LIS has not read yet: the ones for messages we committed."""
+    with contextlib.suppress(TimeoutError, ConnectionError, OSError):
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(LINGER_SECONDS):
+            while await reader.read(READ_SIZE):
+                pass
+
+
+def _oversized_ack(item: OversizedFrame, peer: str) -> bytes | None:
+    context = AckContext.from_raw(item.head)
+    log.warning(
+        "MLLP %s: message %s refused: %d bytes, over the %d-byte limit",
+        peer,
+        context.control_id or "(no control ID)",
+        item.size,
+        item.limit,
+    )
+    issue = AckIssue(
+        f"message of {item.size} bytes refused: larger than this listener's limit of "
+        f"{item.limit} bytes"
+    )
+    return encode_accept_ack(context, REJECT, [issue])
+
+
+def run_mllp_server(
+    settings: Settings,
+    after_commit: AfterCommit | None = None,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    ready: Callable[[str, int], None] | None = None,
+) -> int:
+    """Serve until SIGTERM or SIGINT, then finish in-flight batches and return 0.
+
+    `ready` is told the address once listening (port 0 picks a free one)."""
+    sessions = open_database(settings)
+    try:
+        with DeliveryServices.from_settings(settings) as services:
+            return asyncio.run(
+                _serve(
+                    sessions,
+                    services,
+                    after_commit,
+                    host if host is not None else settings.service.mllp_host,
+                    port if port is not None else settings.service.mllp_port,
+                    settings.service.batch_size,
+                    ready,
+                )
+            )
+    finally:
+        bind = sessions.kw.get("bind")
+        if bind is not None:
+            bind.dispose()
+
+
+async def _serve(
+    sessions: sessionmaker[Session],
+    services: DeliveryServices,
+    after_commit: AfterCommit | None,
+    host: str,
+    port: int,
+    batch_size: int,
+    ready: Callable[[str, int], None] | None,
+) -> int:
+    server = MllpServer(sessions, services, after_commit=after_commit, max_batch=batch_size)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await server.start(host, port)
+    if ready is not None:
+        ready(host, server.port)
+    await stop.wait()
+    log.info("MLLP listener stopping: finishing in-flight messages")
+    await server.close()
+    return 0
