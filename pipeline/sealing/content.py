@@ -144,8 +144,18 @@ def _attachment(mime_type: str, filename: str, charset: str, data: bytes) -> byt
             ("Content-Disposition", "attachment", [("filename", name)]),
         ],
         "base64",
-        base64.encodebytes(data).replace(b"\n", CRLF),
+        base64_lines(data),
     )
+
+
+def base64_lines(data: bytes) -> bytes:
+    """Base64 in 76-column lines, each ending CRLF, as MIME wants it (one encoding pass and
+    one join: `base64.encodebytes` loops in Python over 57-byte chunks, then LF must become
+    CRLF in a second pass)."""
+    encoded = base64.b64encode(data)
+    if not encoded:
+        return b""
+    return CRLF.join(encoded[i : i + 76] for i in range(0, len(encoded), 76)) + CRLF
 
 
 def _part(

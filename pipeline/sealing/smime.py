@@ -18,7 +18,6 @@ type, and every byte of the signed part must be exactly what was signed.
 
 from __future__ import annotations
 
-import base64
 import re
 import secrets
 from dataclasses import dataclass
@@ -31,11 +30,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from pipeline.sealing.content import one_line
+from pipeline.sealing.content import CRLF, base64_lines, one_line
 from pipeline.sealing.errors import UnsupportedRecipientKey
 from pipeline.sealing.keys import Signer, check_signer
 
-CRLF = b"\r\n"
 #: For the outer headers whose values come from outside (From, To, Subject): CRLF line
 #: ends, RFC 2047 for non-ASCII, lines folded at 78, CR/LF in a value refused.
 MIME_POLICY = policy.SMTP
@@ -82,7 +80,7 @@ def envelope(signed: bytes, recipient: x509.Certificate, headers: EnvelopeHeader
     The signature covers the content only, never the outer headers, so one signature
     serves every recipient of a result: signing (an RSA private-key operation) is paid once
     per result, enveloping (a public-key one, ~10 times cheaper) once per recipient."""
-    return outer_headers(headers) + _base64_lines(encrypt(signed, recipient))
+    return outer_headers(headers) + base64_lines(encrypt(signed, recipient))
 
 
 def sign(content: bytes, signer: Signer) -> bytes:
@@ -127,7 +125,7 @@ def sign(content: bytes, signer: Signer) -> bytes:
             b'Content-Disposition: attachment; filename="smime.p7s"',
             CRLF,
             CRLF,
-            _base64_lines(signature),
+            base64_lines(signature),
             b"--" + boundary + b"--",
             CRLF,
         ]
@@ -200,11 +198,6 @@ def canonical_crlf(data: bytes) -> bytes:
     if data.count(b"\n") == data.count(CRLF) == data.count(b"\r"):
         return data  # already canonical, as `build_content` writes it: skip the regex pass
     return _LINE_END.sub(CRLF, data)
-
-
-def _base64_lines(data: bytes) -> bytes:
-    """Base64 in 76-column lines, each ending CRLF (`encodebytes` ends them with LF)."""
-    return base64.encodebytes(data).replace(b"\n", CRLF)
 
 
 def _boundary(content: bytes) -> bytes:
