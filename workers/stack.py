@@ -93,7 +93,11 @@ class Stack(Closing):
     def start_worker(
         self, name: str = "worker", *, concurrency: int = 2, beat: bool = True
     ) -> subprocess.Popen[bytes]:
-        args = ["worker"] + ([] if beat else ["--no-beat"])
+        """A worker without beat (its pool processes are then all its children), and with
+        `beat` the periodic jobs in a process of their own, named "beat"."""
+        if beat and "beat" not in self.processes:
+            self.start("beat", "beat")
+        args = ["worker", "--no-beat"]
         args += [
             "--",
             "--concurrency",

@@ -287,13 +287,13 @@ class FaultStack(Closing):
         return self
 
     def start_worker(self, name: str) -> None:
-        """Start a worker (with beat, as the default `labdispatch worker` runs) and wait for
-        its children: the pool processes and the beat process."""
+        """Start a worker (and the periodic jobs in their own process, once) and wait for
+        its pool processes."""
         self.stack.start_worker(name, concurrency=self.concurrency)
         wait_for(
-            lambda: len(self.stack.worker_children(name)) == self.concurrency + 1,
+            lambda: len(self.stack.worker_children(name)) == self.concurrency,
             timeout=30,
-            what=f"{name} forking its {self.concurrency} pool processes and beat",
+            what=f"{name} forking its {self.concurrency} pool processes",
             alive=self.alive,
             details=self.diagnostics,
         )
@@ -410,8 +410,8 @@ class FaultStack(Closing):
 
     def working_pool_process(self, name: str = "worker", timeout: float = 10.0) -> int:
         """A pool process in the middle of a task: one that used at least 30 ms of CPU over
-        the last 0.2 s and is not, right now, waiting on its pipe for the next task. (The
-        worker's beat process, also a child, never uses that much CPU.) Kill it at once."""
+        the last 0.2 s and is not, right now, waiting on its pipe for the next task. Kill it at
+        once."""
         deadline = time.monotonic() + timeout
         while True:
             children = self.stack.worker_children(name)
@@ -430,7 +430,7 @@ class FaultStack(Closing):
                 pytest.fail(f"no pool process of {name} at work on a task in {timeout:g} s")
 
     def kill_worker(self, name: str = "worker") -> list[int]:
-        """SIGKILL the worker's whole process group (main, beat, pool); the pids killed."""
+        """SIGKILL the worker's whole process group (main and pool); the pids killed."""
         process = self.stack.processes[name]
         pids = [process.pid, *self.stack.worker_children(name)]
         os.killpg(process.pid, signal.SIGKILL)

@@ -24,8 +24,10 @@ def register(commands: Any) -> None:
     bench.add_argument("--messages", type=int, default=10_000, help="results to push")
     bench.add_argument("--workers", type=int, default=2, help="Celery pool processes")
     bench.add_argument("--recipients", type=int, default=200, help="clinicians in the directory")
-    bench.add_argument("--connections", type=int, default=8, help="MLLP connections")
-    bench.add_argument("--window", type=int, default=8, help="unanswered messages per connection")
+    bench.add_argument(
+        "--connections", type=int, default=16, help="MLLP connections (an LIS opens a few)"
+    )
+    bench.add_argument("--window", type=int, default=2, help="unanswered messages per connection")
     bench.add_argument("--batch-size", type=int, default=100, help="IDs per task")
     bench.add_argument(
         "--postgres",

@@ -43,6 +43,17 @@ def register(commands: Any) -> None:
     )
     worker.set_defaults(handler=run_worker)
 
+    beat = commands.add_parser(
+        "beat",
+        help="run only the periodic jobs (when every worker runs with --no-beat)",
+        description="Celery beat: queues reconcile (with the retry sweep) and receipts "
+        "every LABDISPATCH_RECONCILE_INTERVAL seconds. Run exactly one.",
+    )
+    beat.add_argument(
+        "celery_args", nargs=argparse.REMAINDER, help="after --: options for celery beat"
+    )
+    beat.set_defaults(handler=run_beat)
+
     status = commands.add_parser(
         "status",
         help="queue depths, what waits and since when, deliveries by state, recent failures",
@@ -65,6 +76,19 @@ def run_worker(args: argparse.Namespace) -> int:
     if not any(a.startswith(("--loglevel", "-l")) for a in extra):
         argv += ["--loglevel", "INFO"]
     app.worker_main(argv + extra)
+    return 0
+
+
+def run_beat(args: argparse.Namespace) -> int:
+    from workers.celery_app import app
+
+    settings = Settings.from_env()
+    settings.ensure_var_dir()
+    argv = ["beat", "--schedule", str(settings.var_dir / "beat-schedule")]
+    extra = [a for a in args.celery_args if a != "--"]
+    if not any(a.startswith(("--loglevel", "-l")) for a in extra):
+        argv += ["--loglevel", "INFO"]
+    app.start(argv + extra)
     return 0
 
 
