@@ -88,6 +88,7 @@ class BenchResult:
     database: str = ""
     broker: str = ""
     profile: list[str] = field(default_factory=list)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         ack = _percentiles(self.ack_latencies)
@@ -110,6 +111,12 @@ class BenchResult:
             f"ACK latency          p50 {ack[0] * 1000:.1f} ms, p99 {ack[1] * 1000:.1f} ms",
             f"ingest → delivery    p50 {delivery[0]:.2f} s, p99 {delivery[1]:.2f} s",
             f"peak RSS             {rss}",
+            "CPU seconds          "
+            + ", ".join(
+                f"{name} {seconds:.1f}"
+                for name, seconds in sorted(self.cpu_seconds.items(), key=lambda i: -i[1])
+            )
+            + f" (of {2 * self.elapsed:.0f} core-seconds on 2 cores)",
             f"worker RSS           {self.worker_rss_early / 1024:.0f} MB at 10 % → "
             f"{self.worker_rss_late / 1024:.0f} MB at 90 % ({growth})",
             "deliveries by state  " + ", ".join(f"{s} {n}" for s, n in sorted(self.states.items())),
@@ -170,6 +177,12 @@ def run_bench(options: BenchOptions) -> BenchResult:
         )
         port = stack.start_listener()
         stack.start_worker(concurrency=options.workers)
+        ready = time.monotonic() + 60
+        while len(stack.worker_children("worker")) < options.workers:
+            stack.check_running()
+            if time.monotonic() > ready:
+                raise StackError("the worker did not start its pool in 60 s")
+            time.sleep(0.05)
 
         rpps = [r.rpps for r in bench_recipients(options.recipients)]
         sampler = RssSampler(stack, sink, sessions, settings)
@@ -217,6 +230,7 @@ def run_bench(options: BenchOptions) -> BenchResult:
                 if accepted is not None
             ]
         peak = sampler.peaks()
+        cpu = sampler.cpu_seconds()
         stack.close()
 
         noop_rate = measure_noop_rate(options.noop_tasks, options.workers, workdir)
@@ -229,6 +243,7 @@ def run_bench(options: BenchOptions) -> BenchResult:
             delivery_latencies=latencies,
             ack_codes=dict(report.codes),
             peak_rss=peak,
+            cpu_seconds=cpu,
             worker_rss_early=sampler.early,
             worker_rss_late=sampler.late,
             noop_rate=noop_rate,
@@ -405,15 +420,28 @@ class RssSampler:
         self.early = 0
         self.late = 0
         self._peaks: dict[str, int] = {}
+        self._cpu_start: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
     def start(self) -> None:
+        self._cpu_start = {name: _cpu(pid) for name, pid in self._processes().items()}
+        self._cpu_start["postgresql (all backends)"] = _postgres_cpu()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU used since the sampler started, per process (PostgreSQL's all together)."""
+        now = {name: _cpu(pid) for name, pid in self._processes().items()}
+        now["postgresql (all backends)"] = _postgres_cpu()
+        return {
+            name: seconds - self._cpu_start.get(name, 0.0)
+            for name, seconds in now.items()
+            if seconds
+        }
 
     def peaks(self) -> dict[str, int]:
         self._sample()
@@ -457,6 +485,28 @@ def _count_deliveries(sessions: sessionmaker[Session], *, finished: bool = False
         if finished:
             query = query.where(Delivery.accepted_at.is_not(None))
         return int(session.scalar(query) or 0)
+
+
+def _cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_cpu() -> float:
+    """CPU of every PostgreSQL process on this machine (the server is local here)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() in ("postgres", "postmaster"):
+                    total += _cpu(int(entry.name))
+            except OSError:
+                continue
+    return total
 
 
 def _status_kb(pid: int, field_name: str) -> int:
