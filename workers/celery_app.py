@@ -27,6 +27,9 @@ SEAL_QUEUE = "labdispatch.seal"
 SEND_QUEUE = "labdispatch.send"
 PERIODIC_QUEUE = "labdispatch.periodic"
 QUEUES = (ROUTE_QUEUE, SEAL_QUEUE, SEND_QUEUE, PERIODIC_QUEUE)
+#: Celery's Redis transport keeps a queue's tasks in lists named after it, one per priority
+#: step; these are the suffixes of the default steps (0 has none).
+PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 #: The benchmark's no-op tasks: a queue no production worker serves.
 BENCH_QUEUE = "labdispatch.bench"
 

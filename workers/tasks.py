@@ -17,7 +17,14 @@ from pipeline.delivery.receipts import collect_receipts
 from pipeline.delivery.reconcile import resume_unroutable, stalled_work
 from pipeline.delivery.stages import route_stage, seal_stage, send_stage
 from pipeline.receipts.sources import report_source
-from workers.celery_app import app, settings
+from workers.celery_app import (
+    PRIORITY_SUFFIXES,
+    ROUTE_QUEUE,
+    SEAL_QUEUE,
+    SEND_QUEUE,
+    app,
+    settings,
+)
 from workers.runtime import close_runtime, runtime
 
 logger = logging.getLogger(__name__)
@@ -55,6 +62,7 @@ def reconcile() -> dict[str, int]:
         rt.sessions,
         rt.services.clock(),
         requeue_after=timedelta(seconds=rt.settings.service.requeue_after),
+        backlogged=backlogged_stages(),
     )
     resumed = resume_unroutable(rt.sessions, rt.services)
     enqueue(route, work.route)
@@ -85,6 +93,17 @@ def receipts() -> int:
 @app.task(name="labdispatch.noop")
 def noop(item: int) -> None:
     """Does nothing: the benchmark measures the broker's own cost per task with it."""
+
+
+def backlogged_stages() -> frozenset[str]:
+    """The stages whose queue holds tasks right now (see `stalled_work`)."""
+    with app.connection_for_read() as connection:
+        client = connection.default_channel.client
+        return frozenset(
+            stage
+            for stage, queue in (("route", ROUTE_QUEUE), ("seal", SEAL_QUEUE), ("send", SEND_QUEUE))
+            if any(client.llen(queue + suffix) for suffix in PRIORITY_SUFFIXES)
+        )
 
 
 def enqueue(task: object, ids: Sequence[int]) -> None:

@@ -54,34 +54,47 @@ def stalled_work(
     *,
     requeue_after: timedelta,
     limit: int = 5000,
+    backlogged: frozenset[str] = frozenset(),
 ) -> Work:
-    """What to enqueue again now; the deliveries returned are marked queued."""
+    """What to enqueue again now; the deliveries returned are marked queued.
+
+    `backlogged` names the stages ("route", "seal", "send") whose queue still holds work:
+    late work of those is a backlog, not a loss, and queueing it again would only add to
+    the backlog (in a morning peak, many times over). Their lost work is taken once the
+    queue has drained; retries that came due are queued whatever the backlog."""
     stale = now - requeue_after
     work = Work()
     with sessions() as session:
         begin_write(session)
-        work.route = list(
-            session.scalars(
-                select(Message.id)
-                .where(Message.state == "received", Message.received_at < stale)
-                .order_by(Message.id)
-                .limit(limit)
+        if "route" not in backlogged:
+            work.route = list(
+                session.scalars(
+                    select(Message.id)
+                    .where(Message.state == "received", Message.received_at < stale)
+                    .order_by(Message.id)
+                    .limit(limit)
+                )
             )
-        )
         lease_free = or_(Delivery.leased_until.is_(None), Delivery.leased_until < now)
         not_queued_lately = or_(Delivery.queued_at.is_(None), Delivery.queued_at < stale)
-        work.seal = list(
-            session.scalars(
-                select(Delivery.id)
-                .where(
-                    Delivery.state.in_(OPEN_STATES),
-                    Delivery.envelope.is_(None),
-                    lease_free,
-                    not_queued_lately,
+        if "seal" not in backlogged:
+            work.seal = list(
+                session.scalars(
+                    select(Delivery.id)
+                    .where(
+                        Delivery.state.in_(OPEN_STATES),
+                        Delivery.envelope.is_(None),
+                        lease_free,
+                        not_queued_lately,
+                    )
+                    .order_by(Delivery.id)
+                    .limit(limit)
                 )
-                .order_by(Delivery.id)
-                .limit(limit)
             )
+        # A retry that came due after it was last queued.
+        came_due = and_(
+            Delivery.next_attempt_at.is_not(None),
+            Delivery.queued_at < Delivery.next_attempt_at,
         )
         work.send = list(
             session.scalars(
@@ -91,14 +104,7 @@ def stalled_work(
                     Delivery.envelope.is_not(None),
                     lease_free,
                     or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
-                    or_(
-                        not_queued_lately,
-                        # A retry that came due after it was last queued.
-                        and_(
-                            Delivery.next_attempt_at.is_not(None),
-                            Delivery.queued_at < Delivery.next_attempt_at,
-                        ),
-                    ),
+                    came_due if "send" in backlogged else or_(not_queued_lately, came_due),
                 )
                 .order_by(Delivery.next_attempt_at, Delivery.id)
                 .limit(limit)

@@ -20,10 +20,6 @@ from pipeline.settings import Settings
 from pipeline.stats.status import LedgerStatus, ledger_status
 from workers.broker import BrokerUnavailable, broker_url, is_embedded, redact
 
-#: Celery's Redis transport keeps a queue's tasks in lists named after it, one per priority
-#: step; these are the suffixes of the default steps (0 has none).
-_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
-
 
 def register(commands: Any) -> None:
     worker = commands.add_parser(
@@ -114,12 +110,12 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def _queue_depths(url: str) -> tuple[dict[str, int], int]:
-    from workers.celery_app import QUEUES, app
+    from workers.celery_app import PRIORITY_SUFFIXES, QUEUES, app
 
     with app.connection_for_read(url) as connection:
         client = connection.default_channel.client
         depths = {
-            queue: sum(int(client.llen(queue + suffix)) for suffix in _PRIORITY_SUFFIXES)
+            queue: sum(int(client.llen(queue + suffix)) for suffix in PRIORITY_SUFFIXES)
             for queue in QUEUES
         }
         unacked = int(client.hlen("unacked"))

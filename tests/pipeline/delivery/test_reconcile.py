@@ -104,6 +104,29 @@ def test_a_retry_that_came_due_after_it_was_queued_is_handed_out_again(
     assert dict(sent.states) == {"accepted": 1} and len(relay.handler.messages) == 1
 
 
+def test_a_backlogged_stage_keeps_its_late_work_but_due_retries_still_go_out(
+    ledger: sessionmaker[Session], services: DeliveryServices, relay: Relay, clock: Clock
+) -> None:
+    """In a peak, work queued long ago is still in the queue: queueing it again would only
+    grow the backlog. A retry whose time came is not a backlog: it goes out."""
+    relay.handler.mail_replies = ["421 4.3.2 Service shutting down"]
+    (retry,) = sealed(ledger, services, to_adam("RC-BL-RETRY"))
+    send_stage(ledger, [retry], services)
+    (late_route,) = received(ledger, services, to_adam("RC-BL-ROUTE"))
+    (late_seal,) = route_stage(
+        ledger, received(ledger, services, to_adam("RC-BL-SEAL")), services
+    ).next_ids
+    (late_send,) = sealed(ledger, services, to_adam("RC-BL-SEND"))
+    clock.advance(REQUEUE_AFTER + timedelta(seconds=1))
+    everything = frozenset({"route", "seal", "send"})
+
+    backlog = stalled_work(ledger, clock.now, requeue_after=REQUEUE_AFTER, backlogged=everything)
+    drained = stalled_work(ledger, clock.now, requeue_after=REQUEUE_AFTER)
+
+    assert (backlog.route, backlog.seal, backlog.send) == ([], [], [retry])
+    assert (drained.route, drained.seal, drained.send) == ([late_route], [late_seal], [late_send])
+
+
 def test_an_unroutable_result_resumes_once_the_directory_learns_its_recipient(
     ledger: sessionmaker[Session],
     services: DeliveryServices,
