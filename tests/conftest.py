@@ -12,6 +12,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'var' / 'labdispatch.db'}"
         return
-    admin: Engine = request.getfixturevalue("postgres_admin")
+    with scratch_postgres(request.getfixturevalue("postgres_admin")) as url:
+        yield url
+
+
+@contextmanager
+def scratch_postgres(admin: Engine) -> Iterator[str]:
+    """A fresh PostgreSQL database on the admin connection's server, dropped afterwards."""
     name = f"labdispatch_test_{uuid.uuid4().hex[:16]}"
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))

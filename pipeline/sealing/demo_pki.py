@@ -123,7 +123,7 @@ def create_demo_pki(
             builder = builder.add_extension(extension, critical=critical)
         certificate = builder.sign(ca_key, hashes.SHA256())
         _write_key(key_path, key)
-        _write(certificate_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_file(certificate_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
         created.extend([certificate_path.name, key_path.name])
 
     issue(
@@ -148,7 +148,7 @@ def create_demo_pki(
     if readme.exists():
         kept.append(readme.name)
     else:
-        _write(readme, README.encode("utf-8"), 0o644)
+        write_file(readme, README.encode("utf-8"), 0o644)
         created.append(readme.name)
 
     return DemoPki(
@@ -208,7 +208,7 @@ def _certificate_authority(
         .sign(key, hashes.SHA256())
     )
     _write_key(key_path, key)
-    _write(certificate_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_file(certificate_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
     created.extend([certificate_path.name, key_path.name])
     return certificate, key
 
@@ -284,10 +284,10 @@ def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write(path, pem, 0o600)
+    write_file(path, pem, 0o600)
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
+def write_file(path: Path, data: bytes, mode: int) -> None:
     """Write through a temporary file created with `mode` (never wider, even for a moment)
     and renamed into place, so an interrupted run leaves no half-written key to be "kept"."""
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

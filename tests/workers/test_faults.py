@@ -19,16 +19,16 @@ import os
 import signal
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, select
 
 from pipeline.delivery.stages import COMMIT_EVERY
 from pipeline.ledger.models import Event, Message, Rejection
+from tests.conftest import scratch_postgres
 from tests.workers.stack_fixtures import FAST_SETTINGS, FaultStack, PrivateRedis, wait_for
 from workers.mllp.client import MllpClient
 from workers.mllp.framing import frame
@@ -48,21 +48,8 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 @pytest.fixture
 def postgres_url(postgres_admin: Engine) -> Iterator[str]:
     """A fresh PostgreSQL database for one test, dropped afterwards."""
-    name = f"labdispatch_test_{uuid.uuid4().hex[:16]}"
-    with postgres_admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield postgres_admin.url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with postgres_admin.connect() as connection:
-            connection.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :name AND pid <> pg_backend_pid()"
-                ),
-                {"name": name},
-            )
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    with scratch_postgres(postgres_admin) as url:
+        yield url
 
 
 def _stack(

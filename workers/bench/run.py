@@ -43,7 +43,7 @@ from workers.bench.scratch import postgres_database
 from workers.bench.synthetic import bench_pki, bench_recipients, generate_results
 from workers.broker import stop_embedded
 from workers.mllp.client import push
-from workers.stack import Stack, StackError, open_work
+from workers.stack import Stack, StackError, has_open_work
 
 LABORATORY = "LABO-BENCH"
 DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -206,11 +206,11 @@ def run_bench(options: BenchOptions) -> BenchResult:
         while True:
             stack.check_running()
             with sessions() as session:
-                if not open_work(session):
+                if not has_open_work(session):
                     break
             if time.monotonic() > deadline:
                 raise StackError(f"not settled after {options.timeout:.0f} s")
-            time.sleep(0.25)
+            time.sleep(0.5)
         finished = time.monotonic()
         sampler.stop()
         profile = profiler.stop() if profiler is not None else []
@@ -469,7 +469,7 @@ class RssSampler:
         return pool
 
     def _run(self) -> None:
-        while not self._stop.wait(1.0):
+        while not self._stop.wait(2.0):
             pool = self._sample()
             if self.expected:
                 done = _count_deliveries(self.sessions, finished=True)
@@ -483,7 +483,7 @@ def _count_deliveries(sessions: sessionmaker[Session], *, finished: bool = False
     with sessions() as session:
         query = select(func.count()).select_from(Delivery)
         if finished:
-            query = query.where(Delivery.accepted_at.is_not(None))
+            query = query.where(Delivery.state == "accepted")  # the state index answers
         return int(session.scalar(query) or 0)
 
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
-import os
 import random
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -32,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from pipeline.errors import LabdispatchError
-from pipeline.sealing.demo_pki import DemoPki, create_demo_pki
+from pipeline.sealing.demo_pki import DemoPki, create_demo_pki, write_file
 
 MAIL_DOMAIN = "bench.example"
 #: Distinct RSA keys behind the recipients' certificates: key generation costs ~50 ms, so
@@ -267,15 +265,15 @@ def bench_pki(
         for index, person in enumerate(rest):
             template, key_pem = templates[index % len(templates)]
             certificate = _reissue(template, person, ca_certificate, ca_key)
-            _write(folder / f"{person.key}.key", key_pem, 0o600)
-            _write(
+            write_file(folder / f"{person.key}.key", key_pem, 0o600)
+            write_file(
                 folder / f"{person.key}.crt",
                 certificate.public_bytes(serialization.Encoding.PEM),
                 0o644,
             )
             created.extend(_pair_names(person.key))
     listing = folder / "directory.csv"
-    _write(
+    write_file(
         listing,
         synthetic_directory(recipients, laboratory, certificates=folder).encode("utf-8"),
         0o644,
@@ -549,17 +547,3 @@ def _pair_names(key: str) -> tuple[str, str]:
 
 def _pair_exists(folder: Path, key: str) -> bool:
     return all((folder / name).exists() for name in _pair_names(key))
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Through a temporary file with its final mode, renamed into place: an interrupted run
-    leaves no half-written key that a later run would keep."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(descriptor, mode)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
