@@ -38,7 +38,7 @@ def ledger_status(session: Session, now: datetime) -> LedgerStatus:
             state: count
             for state, count in session.execute(
                 select(Message.state, func.count()).group_by(Message.state)
-            ).tuples()
+            ).all()
         }
     )
     deliveries = dict.fromkeys(DELIVERY_STATES, 0)
@@ -47,7 +47,7 @@ def ledger_status(session: Session, now: datetime) -> LedgerStatus:
             state: count
             for state, count in session.execute(
                 select(Delivery.state, func.count()).group_by(Delivery.state)
-            ).tuples()
+            ).all()
         }
     )
     oldest_open = session.scalar(

@@ -215,18 +215,19 @@ def run_bench(options: BenchOptions) -> BenchResult:
         sampler.stop()
         profile = profiler.stop() if profiler is not None else []
         with sessions() as session:
-            states = dict(
-                session.execute(select(Delivery.state, func.count()).group_by(Delivery.state))
-                .tuples()
-                .all()
-            )
+            states = {
+                state: count
+                for state, count in session.execute(
+                    select(Delivery.state, func.count()).group_by(Delivery.state)
+                ).all()
+            }
             latencies = [
                 (accepted - received).total_seconds()
                 for accepted, received in session.execute(
                     select(Delivery.accepted_at, Message.received_at)
                     .join(Message, Delivery.message_id == Message.id)
                     .where(Delivery.accepted_at.is_not(None))
-                ).tuples()
+                ).all()
                 if accepted is not None
             ]
         peak = sampler.peaks()

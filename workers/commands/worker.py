@@ -18,7 +18,13 @@ from pipeline.db import open_database
 from pipeline.delivery.services import utc_now
 from pipeline.settings import Settings
 from pipeline.stats.status import LedgerStatus, ledger_status
-from workers.broker import BrokerUnavailable, broker_url, is_embedded, redact
+from workers.broker import (
+    BrokerUnavailable,
+    broker_url,
+    embedded_running,
+    is_embedded,
+    redact,
+)
 
 
 def register(commands: Any) -> None:
@@ -95,6 +101,12 @@ def run_status(args: argparse.Namespace) -> int:
     with sessions() as session:
         ledger = ledger_status(session, now)
     try:
+        if is_embedded(settings) and not embedded_running(settings):
+            # Looking must not start anything: say how it would start instead.
+            raise BrokerUnavailable(
+                "the embedded broker is not running (the first process that needs it starts "
+                "it, or: labdispatch broker start)"
+            )
         url = broker_url(settings)
         queues, unacked = _queue_depths(url)
         broker = {"url": redact(url), "embedded": is_embedded(settings), "answering": True}
