@@ -8,11 +8,10 @@ PostgreSQL run would let a SQLite-only bug through unnoticed.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from pipeline.db import database_url as parse_database_url
 from pipeline.db import make_engine, migrate, safe_url, session_factory
 from pipeline.settings import Settings
 from tests.smtp_relay import Relay, RelayFactory, RelayHandler
+from workers.bench.scratch import scratch_database
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "LABDISPATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -71,24 +71,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield url
 
 
-@contextmanager
-def scratch_postgres(admin: Engine) -> Iterator[str]:
+def scratch_postgres(admin: Engine) -> contextlib.AbstractContextManager[str]:
     """A fresh PostgreSQL database on the admin connection's server, dropped afterwards."""
-    name = f"labdispatch_test_{uuid.uuid4().hex[:16]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin.url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :name AND pid <> pg_backend_pid()"
-                ),
-                {"name": name},
-            )
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    return scratch_database(admin, "labdispatch_test")
 
 
 @pytest.fixture

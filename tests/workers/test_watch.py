@@ -29,6 +29,7 @@ from pipeline.ledger.models import Message, Rejection
 from pipeline.ledger.storage import StorageCipher
 from pipeline.settings import Settings, SigningSettings
 from tests.conftest import FIXTURES
+from workers.bench.scratch import drop_database
 from workers.cli import main
 from workers.watch import FileReport, FolderWatcher
 
@@ -511,15 +512,8 @@ def break_ledger(request: pytest.FixtureRequest, engine: Engine) -> Callable[[],
     if engine.dialect.name == "postgresql":
         admin: Engine = request.getfixturevalue("postgres_admin")
         name = engine.url.database
-        with admin.connect() as connection:
-            connection.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :name AND pid <> pg_backend_pid()"
-                ),
-                {"name": name},
-            )
-            connection.execute(text(f'DROP DATABASE "{name}"'))
+        assert name is not None
+        drop_database(admin, name)
 
         def restore() -> None:
             with admin.connect() as connection:
