@@ -31,7 +31,7 @@ from pipeline.settings import Settings
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 #: Every module that declares tables; imported before Alembic compares models and schema.
-MODEL_MODULES = ("pipeline.recipients.models", "pipeline.ledger.models")
+MODEL_MODULES = ("pipeline.recipients.models", "pipeline.ledger.models", "pipeline.access.models")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

@@ -224,3 +224,24 @@ class Rejection(Base):
     #: The refused bytes, AES-256-GCM, bound to `quarantine_context(content_sha256)`.
     raw_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
     storage_key_id: Mapped[str] = mapped_column(String(32))
+
+
+class Circuit(Base):
+    """A destination's circuit as the workers last saw it, for ops and `/metrics`.
+
+    Each worker process keeps its own breaker (`pipeline.delivery.breaker`); this row is
+    written only when one of them opens or closes a circuit, so it costs nothing while
+    destinations answer. It is a report, not the breaker itself."""
+
+    __tablename__ = "circuits"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: The transport's destination, as in `Attempt.destination` (relay, host, mailbox root).
+    destination: Mapped[str] = mapped_column(String(500), unique=True)
+    #: closed / open / half-open (`pipeline.delivery.breaker`).
+    state: Mapped[str] = mapped_column(String(16))
+    #: Transient failures in a row when it opened.
+    failures: Mapped[int] = mapped_column(default=0)
+    opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    open_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,0 +1,1 @@
+"""Who may call the HTTP API, and what each caller may see."""

@@ -1,0 +1,7 @@
+"""`/`: the operations dashboard and the JSON it reads (being written)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
