@@ -198,7 +198,7 @@ def check(url: str, timeout: float = PING_TIMEOUT) -> None:
     `url` answers PING (which also proves the credentials, since Redis checks them first)."""
     _require_redis_scheme(url)
     try:
-        client = _client(url, timeout)
+        client = redis_client(url, timeout)
     except ValueError as error:
         raise BrokerUnavailable(
             f"the broker URL {redact(url)} is not usable: {_reason(error, url)}"
@@ -308,7 +308,7 @@ def _launch(executable: str, broker: EmbeddedBroker, timeout: float) -> None:
 
 def _wait_until_answering(broker: EmbeddedBroker, timeout: float, log_offset: int) -> None:
     started = time.monotonic()
-    client = _client(broker.url, PING_TIMEOUT)
+    client = redis_client(broker.url, PING_TIMEOUT)
     try:
         while True:
             try:
@@ -354,7 +354,7 @@ def _exited(broker: EmbeddedBroker, log_offset: int) -> bool:
 
 def _shutdown(broker: EmbeddedBroker) -> bool:
     """Ask the server on the socket to shut down; True if one answered."""
-    client = _client(broker.url, PING_TIMEOUT)
+    client = redis_client(broker.url, PING_TIMEOUT)
     try:
         client.ping()
     except (RedisError, OSError):
@@ -445,7 +445,7 @@ def _require_redis_scheme(url: str) -> None:
         )
 
 
-def _client(url: str, timeout: float) -> redis.Redis:
+def redis_client(url: str, timeout: float = PING_TIMEOUT) -> redis.Redis:
     """A redis-py client for a kombu broker URL. kombu's `redis+socket:///path` is redis-py's
     `unix:///path` (kombu's `virtual_host` query parameter is the database number)."""
     scheme, _, rest = url.partition("://")

@@ -55,3 +55,10 @@ def test_status_without_a_running_embedded_broker_says_so_and_starts_nothing(
     assert "embedded broker is not running" in out and "labdispatch broker start" in out
     assert "deliveries  pending 0" in out
     assert not (tmp_path / "var" / "broker" / "redis.pid").exists()
+
+
+def test_queue_reader_names_the_celery_apps_queues() -> None:
+    from workers import celery_app, queues
+
+    assert queues.STAGE_QUEUES == celery_app.QUEUES
+    assert queues.PRIORITY_SUFFIXES == celery_app.PRIORITY_SUFFIXES

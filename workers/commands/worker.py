@@ -18,13 +18,8 @@ from pipeline.db import open_database
 from pipeline.delivery.services import utc_now
 from pipeline.settings import Settings
 from pipeline.stats.status import LedgerStatus, ledger_status
-from workers.broker import (
-    BrokerUnavailable,
-    broker_url,
-    embedded_running,
-    is_embedded,
-    redact,
-)
+from workers.broker import BrokerUnavailable, embedded_broker, is_embedded, redact
+from workers.queues import queue_depths
 
 
 def register(commands: Any) -> None:
@@ -101,14 +96,9 @@ def run_status(args: argparse.Namespace) -> int:
     with sessions() as session:
         ledger = ledger_status(session, now)
     try:
-        if is_embedded(settings) and not embedded_running(settings):
-            # Looking must not start anything: say how it would start instead.
-            raise BrokerUnavailable(
-                "the embedded broker is not running (the first process that needs it starts "
-                "it, or: labdispatch broker start)"
-            )
-        url = broker_url(settings)
-        queues, unacked = _queue_depths(url)
+        reading = queue_depths(settings)
+        queues, unacked = reading.depths, reading.unacked
+        url = settings.service.broker_url or embedded_broker(settings).url
         broker = {"url": redact(url), "embedded": is_embedded(settings), "answering": True}
     except BrokerUnavailable as error:
         queues, unacked = {}, None
@@ -119,19 +109,6 @@ def run_status(args: argparse.Namespace) -> int:
     else:
         print(_as_text(broker, queues, unacked, ledger))
     return 0 if broker["answering"] else 1
-
-
-def _queue_depths(url: str) -> tuple[dict[str, int], int]:
-    from workers.celery_app import PRIORITY_SUFFIXES, QUEUES, app
-
-    with app.connection_for_read(url) as connection:
-        client = connection.default_channel.client
-        depths = {
-            queue: sum(int(client.llen(queue + suffix)) for suffix in PRIORITY_SUFFIXES)
-            for queue in QUEUES
-        }
-        unacked = int(client.hlen("unacked"))
-    return depths, unacked
 
 
 def _as_json(
