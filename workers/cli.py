@@ -20,6 +20,7 @@ from workers.commands import bench as bench_commands
 from workers.commands import broker, deliver, directory, inspect, pki, receipts, trace, watch
 from workers.commands import demo as demo_commands
 from workers.commands import mllp as mllp_commands
+from workers.commands import stats as stats_commands
 from workers.commands import worker as worker_commands
 
 EXIT_USAGE = 2
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     deliver.register(commands)
     receipts.register(commands)
     trace.register(commands)
+    stats_commands.register(commands)
     broker.register(commands)
     watch.register(commands)
     mllp_commands.register(commands)

@@ -96,6 +96,8 @@ def _route_one(
             wanted = shown_identifier(participant)
             delivery = Delivery(
                 message_id=message.id,
+                laboratory=message.laboratory,
+                message_received_at=message.received_at,
                 wanted=wanted[:200],
                 role=role,
                 state="unroutable",
@@ -122,6 +124,8 @@ def _route_one(
         if not resolution.channels:
             delivery = Delivery(
                 message_id=message.id,
+                laboratory=message.laboratory,
+                message_received_at=message.received_at,
                 recipient_id=recipient.id,
                 recipient_key=key,
                 role=role,
@@ -138,6 +142,8 @@ def _route_one(
         message_id_header, envelope_id = delivery_ids_for(message, key, kind, address, mail_domain)
         delivery = Delivery(
             message_id=message.id,
+            laboratory=message.laboratory,
+            message_received_at=message.received_at,
             recipient_id=recipient.id,
             recipient_key=key,
             wanted=str(participant.identifier or "")[:200] if role != PATIENT else "",

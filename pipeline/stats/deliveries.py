@@ -1,0 +1,307 @@
+"""What a laboratory sent in a period and what became of it: the billing report.
+
+Attribution: everything about a delivery counts in the period its MESSAGE was received in
+(billing bills the results received in the period), whatever happened to it since.
+
+One row per (laboratory, group); `group_by` is
+- `day` ("2026-11-03") or `month` ("2026-11"), in UTC, of the message's reception;
+- `channel`: the delivery's channel kind, "none" when it has none (unroutable);
+- `recipient`: the delivery's directory key, "unknown:<identifier looked for>" when
+  unroutable.
+
+Columns:
+- `received`: messages recorded (every revision, held ones included) received in the
+  period. Per channel or recipient, where a message is not attributable: the distinct
+  messages with a delivery in that group.
+- `duplicates`: resends of an identical message (events "duplicate", see
+  `pipeline.delivery.record`) whose time is in the period; grouped by that time.
+- `rejected`: messages refused at intake (`rejections`) received in the period, laboratory
+  as read from their header ("" when unreadable).
+  Per channel or recipient these two are not attributable: None.
+- `unroutable`, `read`, `failed`: deliveries in that state.
+- `delivered`: deliveries handed to the recipient's side: accepted, delivered or read.
+- `retries`: over deliveries, the sum of max(attempts - 1, 0).
+- `median_seconds_to_delivery`, `p95_seconds_to_delivery`: over delivered deliveries, the
+  first of accepted_at, delivered_at, read_at that is set, minus the message's received_at,
+  in seconds; continuous percentiles (linear interpolation between the closest ranks, as
+  PostgreSQL's percentile_cont), None when nothing was delivered.
+
+Only groups with something to count appear (no zero rows for quiet days). Rows are sorted
+by laboratory, then group. PostgreSQL computes the percentiles itself; SQLite, which has no
+percentile function, hands over the delivered durations and they are computed here by the
+same definition.
+
+How it stays fast on a large ledger (10 million deliveries, see benchmarks/stats_scale.py):
+- the deliveries are read one laboratory at a time from the (laboratory,
+  message_received_at) index, which carries every column read: an index-only range scan,
+  already in laboratory order, so a month of every laboratory is never sorted as a whole;
+- a day or month grouping is not computed per row (a date function on every row costs more
+  than the rest of the query): the period is cut into its UTC days or months here, each
+  slice a range of that index, all slices of a laboratory in one UNION ALL statement;
+- counts and both percentiles come from one pass (one sort per group for the percentiles).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, case, func, literal, literal_column, select, union_all
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from pipeline.errors import LabdispatchError
+from pipeline.ledger.models import Delivery, Event, Message, Rejection
+from pipeline.stats.period import Period
+from pipeline.stats.sql import dialect_of, laboratories_in, prepare_report
+
+GROUPINGS = ("day", "month", "channel", "recipient")
+#: Delivery states that mean the recipient's side has it.
+HANDED_OVER = ("accepted", "delivered", "read")
+
+
+class StatsError(LabdispatchError):
+    """A statistics request that cannot be answered as asked."""
+
+
+@dataclass(frozen=True)
+class DeliveryStats:
+    laboratory: str
+    group: str
+    received: int
+    duplicates: int | None
+    rejected: int | None
+    unroutable: int
+    delivered: int
+    read: int
+    failed: int
+    retries: int
+    median_seconds_to_delivery: float | None
+    p95_seconds_to_delivery: float | None
+
+
+_EMPTY: dict[str, Any] = {
+    "received": 0,
+    "unroutable": 0,
+    "delivered": 0,
+    "read": 0,
+    "failed": 0,
+    "retries": 0,
+    "median_seconds_to_delivery": None,
+    "p95_seconds_to_delivery": None,
+}
+
+
+def delivery_stats(
+    session: Session, period: Period, *, group_by: str, laboratory: str | None = None
+) -> list[DeliveryStats]:
+    if group_by not in GROUPINGS:
+        raise StatsError(f"cannot group by {group_by!r}: use one of {', '.join(GROUPINGS)}")
+    dialect = dialect_of(session)
+    prepare_report(session)
+    by_time = group_by in ("day", "month")
+    zero = 0 if by_time else None
+    slices = time_slices(period, group_by) if by_time else [(None, period.start, period.end)]
+    # Figures by (laboratory, group), as plain dicts until the end: a report per recipient
+    # has tens of thousands of rows.
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def update(lab: str, group: str, **figures: Any) -> None:
+        row = rows.get((lab, group))
+        if row is None:
+            row = rows[(lab, group)] = dict(
+                _EMPTY, laboratory=lab, group=group, duplicates=zero, rejected=zero
+            )
+        row.update(figures)
+
+    def group_of(label: str | None) -> ColumnElement[Any]:
+        return literal(label) if label is not None else _delivery_group(group_by)
+
+    handed_at = func.coalesce(Delivery.accepted_at, Delivery.delivered_at, Delivery.read_at)
+    delivered = and_(Delivery.state.in_(HANDED_OVER), handed_at.is_not(None))
+
+    def counts(label: str | None, start: datetime, end: datetime, lab: str) -> Any:
+        group = group_of(label).label("grp")
+        columns: list[Any] = [
+            Delivery.laboratory,
+            group,
+            _count(Delivery.state == "unroutable"),
+            _count(Delivery.state.in_(HANDED_OVER)),
+            _count(Delivery.state == "read"),
+            _count(Delivery.state == "failed"),
+            func.coalesce(
+                func.sum(case((Delivery.attempts > 1, Delivery.attempts - 1), else_=0)), 0
+            ),
+        ]
+        if label is None:  # channel / recipient: the messages with a delivery in the group
+            columns.append(func.count(func.distinct(Delivery.message_id)))
+        if dialect == "postgresql":
+            # Both fractions in one call: one sort per group; NULLs (not delivered) are left
+            # out. date_part gives float8 seconds.
+            seconds = case(
+                (delivered, func.date_part("epoch", handed_at - Delivery.message_received_at))
+            )
+            fractions: ColumnElement[Any] = literal_column("ARRAY[0.5, 0.95]")
+            columns.append(func.percentile_cont(fractions).within_group(seconds))
+        query = select(*columns).where(*_deliveries_in(start, end, lab))
+        return query.group_by(Delivery.laboratory, *([group] if label is None else []))
+
+    # One laboratory at a time: each is one range of the (laboratory, message_received_at)
+    # index, already in group order, so PostgreSQL never sorts a month of every laboratory
+    # to aggregate it, only one laboratory's durations for its percentiles.
+    labs = [laboratory] if laboratory is not None else laboratories_in(session, period)
+    for one_lab in labs:
+        statement = _union(slices, functools.partial(counts, lab=one_lab))
+        for lab, group, unroutable, handed, read, failed, retries, *more in session.execute(
+            statement
+        ):
+            if not by_time:
+                update(lab, group, received=int(more.pop(0)))
+            median, p95 = more[0] if more and more[0] is not None else (None, None)
+            update(
+                lab,
+                group,
+                unroutable=int(unroutable),
+                delivered=int(handed),
+                read=int(read),
+                failed=int(failed),
+                retries=int(retries),
+                median_seconds_to_delivery=_seconds(median),
+                p95_seconds_to_delivery=_seconds(p95),
+            )
+
+    if dialect != "postgresql":
+        durations: dict[tuple[str, str], list[float]] = defaultdict(list)
+
+        def timings(label: str | None, start: datetime, end: datetime) -> Any:
+            return select(
+                Delivery.laboratory,
+                group_of(label).label("grp"),
+                handed_at,
+                Delivery.message_received_at,
+            ).where(delivered, *_deliveries_in(start, end, laboratory))
+
+        for lab, group, at, received_at in session.execute(_union(slices, timings)):
+            durations[(lab, group)].append((at - received_at).total_seconds())
+        for (lab, group), values in durations.items():
+            values.sort()
+            update(
+                lab,
+                group,
+                median_seconds_to_delivery=_seconds(percentile_cont(values, 0.5)),
+                p95_seconds_to_delivery=_seconds(percentile_cont(values, 0.95)),
+            )
+
+    if by_time:
+        for column, query in (
+            ("received", _received(laboratory)),
+            ("duplicates", _duplicates(laboratory)),
+            ("rejected", _rejected(laboratory)),
+        ):
+            for lab, group, count in session.execute(_union(slices, query)):
+                update(lab, group, **{column: int(count)})
+    return [DeliveryStats(**rows[key]) for key in sorted(rows)]
+
+
+def time_slices(period: Period, unit: str) -> list[tuple[str, datetime, datetime]]:
+    """The period cut at UTC day or month starts: (label, start, end) each."""
+    slices = []
+    start = period.start
+    while start < period.end:
+        if unit == "day":
+            label = start.strftime("%Y-%m-%d")
+            boundary = datetime(start.year, start.month, start.day, tzinfo=start.tzinfo)
+            following = boundary + timedelta(days=1)
+        else:
+            label = start.strftime("%Y-%m")
+            year, month = divmod(start.year * 12 + start.month, 12)  # month is 0-based here
+            following = datetime(year, month + 1, 1, tzinfo=start.tzinfo)
+        end = min(following, period.end)
+        slices.append((label, start, end))
+        start = end
+    return slices
+
+
+SliceQuery = Callable[[str | None, datetime, datetime], Any]
+
+
+def _union(slices: Sequence[tuple[str | None, datetime, datetime]], build: SliceQuery) -> Any:
+    queries = [build(label, start, end) for label, start, end in slices]
+    return queries[0] if len(queries) == 1 else union_all(*queries)
+
+
+def _deliveries_in(start: datetime, end: datetime, laboratory: str | None) -> list[Any]:
+    conditions = [Delivery.message_received_at >= start, Delivery.message_received_at < end]
+    if laboratory is not None:
+        conditions.append(Delivery.laboratory == laboratory)
+    return conditions
+
+
+def percentile_cont(ordered: Sequence[float], fraction: float) -> float | None:
+    """PostgreSQL's percentile_cont over values already sorted: the value at rank
+    fraction * (n - 1), interpolated linearly between the two closest ranks."""
+    if not ordered:
+        return None
+    position = fraction * (len(ordered) - 1)
+    lower = math.floor(position)
+    upper = min(lower + 1, len(ordered) - 1)
+    return ordered[lower] + (position - lower) * (ordered[upper] - ordered[lower])
+
+
+def _delivery_group(group_by: str) -> ColumnElement[Any]:
+    if group_by == "channel":
+        return func.coalesce(Delivery.channel_kind, "none")
+    return func.coalesce(Delivery.recipient_key, literal("unknown:") + Delivery.wanted)
+
+
+def _count(condition: ColumnElement[bool]) -> ColumnElement[int]:
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+def _received(laboratory: str | None) -> SliceQuery:
+    def build(label: str | None, start: datetime, end: datetime) -> Any:
+        query = select(Message.laboratory, literal(label), func.count()).where(
+            Message.received_at >= start, Message.received_at < end
+        )
+        if laboratory is not None:
+            query = query.where(Message.laboratory == laboratory)
+        return query.group_by(Message.laboratory)
+
+    return build
+
+
+def _duplicates(laboratory: str | None) -> SliceQuery:
+    def build(label: str | None, start: datetime, end: datetime) -> Any:
+        query = (
+            select(Message.laboratory, literal(label), func.count())
+            .select_from(Event)
+            .join(Message, Message.id == Event.message_id)
+            .where(Event.kind == "duplicate", Event.at >= start, Event.at < end)
+        )
+        if laboratory is not None:
+            query = query.where(Message.laboratory == laboratory)
+        return query.group_by(Message.laboratory)
+
+    return build
+
+
+def _rejected(laboratory: str | None) -> SliceQuery:
+    def build(label: str | None, start: datetime, end: datetime) -> Any:
+        query = select(Rejection.laboratory, literal(label), func.count()).where(
+            Rejection.received_at >= start, Rejection.received_at < end
+        )
+        if laboratory is not None:
+            query = query.where(Rejection.laboratory == laboratory)
+        return query.group_by(Rejection.laboratory)
+
+    return build
+
+
+def _seconds(value: Any) -> float | None:
+    """Rounded to the microsecond: both engines then give the same figure."""
+    return None if value is None else round(float(value), 6)
