@@ -67,12 +67,16 @@ class ReceiptSettings:
 
 @dataclass(frozen=True)
 class ServiceSettings:
-    """How the long-running processes run: the broker, the MLLP listener, the work cycle."""
+    """How the long-running processes run: the broker, the MLLP listener, the HTTP API, the
+    work cycle."""
 
     #: Celery broker; empty: an embedded Redis server the program starts under var/broker/.
     broker_url: str = ""
     mllp_host: str = "127.0.0.1"
     mllp_port: int = 2575
+    #: Where `labdispatch api serve` listens (the HTTP API, /metrics and the dashboard).
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
     #: Deliveries (or messages) per task: per-task overhead must not dominate.
     batch_size: int = 100
     #: How long a worker owns the deliveries it claimed; a killed worker's claim runs out
@@ -176,6 +180,8 @@ class Settings:
                 broker_url=read.text("BROKER_URL"),
                 mllp_host=read.text("MLLP_HOST") or ServiceSettings.mllp_host,
                 mllp_port=read.integer("MLLP_PORT", ServiceSettings.mllp_port),
+                api_host=read.text("API_HOST") or ServiceSettings.api_host,
+                api_port=read.integer("API_PORT", ServiceSettings.api_port),
                 batch_size=read.integer("BATCH_SIZE", ServiceSettings.batch_size),
                 lease_seconds=read.number("LEASE_SECONDS", ServiceSettings.lease_seconds),
                 requeue_after=read.number("REQUEUE_AFTER", ServiceSettings.requeue_after),

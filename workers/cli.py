@@ -16,11 +16,13 @@ from importlib import metadata
 from typing import Any
 
 from pipeline.errors import LabdispatchError
+from workers.commands import api as api_commands
 from workers.commands import bench as bench_commands
 from workers.commands import broker, deliver, directory, inspect, pki, receipts, trace, watch
 from workers.commands import demo as demo_commands
 from workers.commands import mllp as mllp_commands
 from workers.commands import stats as stats_commands
+from workers.commands import tokens as token_commands
 from workers.commands import worker as worker_commands
 
 EXIT_USAGE = 2
@@ -45,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     broker.register(commands)
     watch.register(commands)
     mllp_commands.register(commands)
+    api_commands.register(commands)
+    token_commands.register(commands)
     worker_commands.register(commands)
     demo_commands.register(commands)
     bench_commands.register(commands)

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline.delivery.circuits import save_circuits
 from pipeline.delivery.notices import write_failure_notice
 from pipeline.delivery.record import read_stored
 from pipeline.delivery.services import DeliveryServices
@@ -73,6 +74,7 @@ def dispatch_due(
     with sessions() as session:
         for delivery in due_deliveries(session, services.clock(), limit):
             report.states[dispatch_delivery(session, delivery, services)] += 1
+            save_circuits(session, services.breaker)
             session.commit()
     return report
 

@@ -14,7 +14,8 @@ an unacknowledged one after a worker died) does nothing twice.
   reconcile hands that work to another worker.
 - Outcomes are committed every `COMMIT_EVERY` sends: a crash can lose the record of at
   most that many sends, which are then sent again under the same Message-ID (the far side
-  can de-duplicate; Maildir and HTTPS do so by themselves).
+  can de-duplicate; Maildir and HTTPS do so by themselves). A circuit the sends opened or
+  closed is reported in the same commit (`pipeline.delivery.circuits`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from pipeline.db import begin_write
+from pipeline.delivery.circuits import save_circuits
 from pipeline.delivery.dispatch import SignedResults, fail_delivery, seal_delivery, send_delivery
 from pipeline.delivery.record import read_stored
 from pipeline.delivery.routing import route_messages
@@ -188,10 +190,12 @@ def send_stage(
             delivery.leased_until = None
             if done % COMMIT_EVERY == 0:
                 begin_write(session)
+                save_circuits(session, services.breaker)
                 session.commit()
         if unsent:
             report.states["left"] += unsent
         begin_write(session)
+        save_circuits(session, services.breaker)
         session.commit()
     return report
 

@@ -105,6 +105,27 @@ def trace_result(
     return [_view(message) for message in messages]
 
 
+def trace_message(session: Session, message_id: int) -> ResultTrace:
+    """One message's timeline, by its ledger ID (what the HTTP API answers with)."""
+    message = session.scalars(
+        select(Message)
+        .where(Message.id == message_id)
+        .options(
+            selectinload(Message.events),
+            selectinload(Message.deliveries).selectinload(Delivery.attempt_log),
+        )
+    ).one_or_none()
+    if message is None:
+        raise unknown_message(message_id)
+    return _view(message)
+
+
+def unknown_message(message_id: int) -> UnknownResult:
+    """The one answer for an ID that is not there, or not the caller's to see: the same
+    words either way, so an answer never tells whether an ID exists."""
+    return UnknownResult(f"no message {message_id} in the ledger")
+
+
 def _view(message: Message) -> ResultTrace:
     keys = {d.id: d.recipient_key for d in message.deliveries}
     return ResultTrace(

@@ -2,7 +2,8 @@
 
 Delivery states only move forward along `DELIVERY_ORDER`; a late report never takes a
 delivery back (a DSN "delivered" arriving after the MDN "displayed" leaves it read).
-`failed` is final unless an operator replays it.
+`failed` is final unless an operator replays it (`pipeline.delivery.replay`), which is
+the one move backwards, and is recorded as a `replayed` event naming who asked.
 """
 
 from __future__ import annotations
@@ -59,4 +60,6 @@ EVENT_KINDS = (
     "receipt",
     "requeued",
     "resumed",
+    #: An operator re-opened a failed delivery (`pipeline.delivery.replay`).
+    "replayed",
 )

@@ -180,7 +180,7 @@ class GroupCommitter:
             return [(group, True) for group in answers]
         except Exception as error:
             reason = UNAVAILABLE_REASON if isinstance(error, DBAPIError) else FAILED_REASON
-            if _unreachable(error):
+            if ledger_unreachable(error):
                 log.error(
                     "ledger unavailable: %d frame(s) answered with an error, not stored (%s)",
                     len(inbound),
@@ -198,7 +198,7 @@ class GroupCommitter:
         return [self._store([item])[0] for item in inbound]
 
 
-def _unreachable(error: BaseException) -> bool:
+def ledger_unreachable(error: BaseException) -> bool:
     """The database cannot be reached right now: trying the frames one by one would only
     fail the same way, slower."""
     if isinstance(error, OperationalError | InterfaceError | DisconnectionError):

@@ -1,0 +1,73 @@
+"""/v1/stats: the same figures as `labdispatch stats` (the same queries), a laboratory's
+token held to its own, CSV on request, unreadable periods refused with their reason."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from pipeline.db import utcnow
+from pipeline.stats.adoption import adoption_stats
+from pipeline.stats.deliveries import delivery_stats
+from pipeline.stats.period import parse_period
+from pipeline.stats.render import as_rows_json
+from tests.workers.api.conftest import LAB_A, LAB_B, World
+
+THIS_MONTH = parse_period(None, None, today=utcnow().date())
+
+
+def test_a_lab_token_gets_its_own_laboratorys_figures_and_ops_gets_all(world: World) -> None:
+    api = world.api
+    with api.sessions() as session:
+        own = as_rows_json(delivery_stats(session, THIS_MONTH, group_by="day", laboratory=LAB_A))
+        every = as_rows_json(delivery_stats(session, THIS_MONTH, group_by="day"))
+
+    lab = api.client.get("/v1/stats/deliveries?group_by=day", headers=api.auth("lab_a")).json()
+    ops = api.client.get("/v1/stats/deliveries?group_by=day", headers=api.auth("ops")).json()
+
+    assert lab["rows"] == own and {row["laboratory"] for row in own} == {LAB_A}
+    assert ops["rows"] == every and {row["laboratory"] for row in every} >= {LAB_A, LAB_B}
+    assert lab["period"] == {
+        "from": THIS_MONTH.first_day.isoformat(),
+        "to": THIS_MONTH.last_day.isoformat(),
+    }
+
+
+def test_adoption_figures_are_the_adoption_query_s(world: World) -> None:
+    api = world.api
+    with api.sessions() as session:
+        expected = as_rows_json(adoption_stats(session, THIS_MONTH, laboratory=LAB_B))
+
+    answer = api.client.get("/v1/stats/adoption", headers=api.auth("lab_b")).json()
+
+    assert answer["rows"] == expected
+
+
+def test_accept_text_csv_gets_csv_with_its_header(world: World) -> None:
+    api = world.api
+    response = api.client.get(
+        f"/v1/stats/deliveries?lab={LAB_A}&group_by=month",
+        headers={**api.auth("billing"), "Accept": "text/csv"},
+    )
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/csv; charset=utf-8"
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    assert rows and {row["laboratory"] for row in rows} == {LAB_A}
+    assert {"received", "delivered", "failed", "p95_seconds_to_delivery"} <= set(rows[0])
+
+
+def test_an_unreadable_period_or_grouping_is_400_with_the_reason(world: World) -> None:
+    api = world.api
+    ask = {
+        "bad day": "/v1/stats/deliveries?from=2026-13-01",
+        "backwards": "/v1/stats/adoption?from=2026-03-01&to=2026-02-01",
+        "grouping": "/v1/stats/deliveries?group_by=week",
+    }
+
+    answers = {name: api.client.get(url, headers=api.auth("billing")) for name, url in ask.items()}
+
+    assert {name: a.status_code for name, a in answers.items()} == dict.fromkeys(ask, 400)
+    assert "not a date" in answers["bad day"].json()["error"]
+    assert "the period is empty" in answers["backwards"].json()["error"]
+    assert "week" in answers["grouping"].json()["error"]
