@@ -49,6 +49,7 @@ class Stack(Closing):
     log_dir: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     mllp_port: int = 0
+    api_port: int = 0
 
     def _environment(self) -> dict[str, str]:
         environment = dict(os.environ)
@@ -75,20 +76,37 @@ class Stack(Closing):
         """Start `labdispatch mllp serve` and wait until it accepts connections."""
         self.mllp_port = port or free_port()
         process = self.start("mllp", "mllp", "serve", "--port", str(self.mllp_port))
+        self._wait_for_port(process, "mllp", "the MLLP listener", self.mllp_port, timeout)
+        return self.mllp_port
+
+    def start_api(self, port: int = 0, *, timeout: float = 30.0) -> int:
+        """Start `labdispatch api serve` and wait until it accepts connections."""
+        self.api_port = port or free_port()
+        process = self.start("api", "api", "serve", "--port", str(self.api_port))
+        self._wait_for_port(process, "api", "the HTTP API", self.api_port, timeout)
+        return self.api_port
+
+    def _wait_for_port(
+        self,
+        process: subprocess.Popen[bytes],
+        name: str,
+        what: str,
+        port: int,
+        timeout: float,
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise StackError(
-                    f"the MLLP listener exited ({process.returncode}); see "
-                    f"{self.log_dir / 'mllp.log'}"
+                    f"{what} exited ({process.returncode}); see {self.log_dir / f'{name}.log'}"
                 )
             with (
                 contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.mllp_port), timeout=0.5),
+                socket.create_connection(("127.0.0.1", port), timeout=0.5),
             ):
-                return self.mllp_port
+                return
             time.sleep(0.05)
-        raise StackError(f"the MLLP listener did not open port {self.mllp_port} in {timeout} s")
+        raise StackError(f"{what} did not open port {port} in {timeout} s")
 
     def start_worker(
         self, name: str = "worker", *, concurrency: int = 2, beat: bool = True

@@ -29,8 +29,15 @@ def test_demo_delivers_every_sample_result_sealed_and_leaves_pki_and_outbox(
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
-    # Four sample results over MLLP, each AA, then their journeys.
+    # Four sample results, each AA: three over MLLP, LABSUD's over HTTP with its own token.
     assert out.count(": AA") == 4, out
+    assert "glycemie_labsud_v23_latin1.hl7 over HTTP: LS-000777: AA" in out
+    # Billing's figures from the API, as CSV: 3 results and 12 envelopes for LABO-BIO-CENTRE,
+    # LABSUD's one result delivered once and parked twice (two recipients not in the
+    # directory).
+    assert "LABO-BIO-CENTRE,mail,3,,,0,12,0,0,0," in out
+    assert "LABSUD,mail,1,,,0,1,0,0,0," in out
+    assert "LABSUD,none,1,,,2,0,0,0,0,," in out
     assert "every delivery settled" in out
     assert "CMS Verification successful" in out
     assert "Traceback" not in out + done.stderr

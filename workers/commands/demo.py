@@ -3,10 +3,12 @@
 Starts the embedded stack (SQLite ledger and a Redis broker the program runs itself, under
 DIR/var), makes a test PKI (DIR/pki: the PEM files of `labdispatch pki init`), loads the
 sample directory, starts a local SMTP receiver that keeps every message it gets as
-DIR/outbox/*.eml, then the MLLP listener and a Celery worker as separate processes. It
-pushes the sample results over MLLP as a laboratory would, waits until every delivery is
-settled, and prints each result's journey. Anyone can then open an envelope with stock
-openssl (the command is printed at the end).
+DIR/outbox/*.eml, then the MLLP listener, the HTTP API and a Celery worker as separate
+processes. It pushes the sample results as laboratories would (over MLLP, and one
+laboratory over HTTPS' plain sibling, `POST /v1/results` with its own token), waits until
+every delivery is settled, prints each result's journey and the billing figures the API
+gives. Anyone can then open an envelope with stock openssl (the command is printed at the
+end).
 
 Service settings of this shell (LABDISPATCH_DATABASE_URL, _BROKER_URL, _SMTP_*) are not
 used: the demo always runs on its own embedded stack, so it cannot send to a real relay.
@@ -16,14 +18,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shutil
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-from pipeline.db import open_database
+from pipeline.access.tokens import create_token
+from pipeline.db import open_database, utcnow
 from pipeline.delivery.trace import render_trace, trace_result
 from pipeline.errors import ConfigurationError
 from pipeline.hl7.decode import split_messages
@@ -36,6 +41,8 @@ from workers.stack import Stack, wait_until_settled
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SETTLE_TIMEOUT = 120.0
+#: The sample laboratory that sends over HTTP (the others use MLLP).
+HTTP_LABORATORY = "LABSUD"
 
 
 def register(commands: Any) -> None:
@@ -100,14 +107,34 @@ def run_demo(args: argparse.Namespace) -> int:
             env={"LABDISPATCH_SMTP_PORT": str(sink.port)}, log_dir=workdir / "logs"
         ) as stack:
             port = stack.start_listener()
+            api_port = stack.start_api()
             stack.start_worker(concurrency=2)
-            print(f"\n== the service: MLLP on 127.0.0.1:{port}, SMTP receiver on :{sink.port}")
-            print(f"   (process logs in {workdir / 'logs'})")
+            api = f"http://127.0.0.1:{api_port}"
+            print(f"\n== the service: MLLP on 127.0.0.1:{port}, HTTP API on {api},")
+            print(f"   SMTP receiver on :{sink.port} (process logs in {workdir / 'logs'})")
+            with sessions.begin() as session:
+                _, lab_token = create_token(
+                    session, role="lab", laboratory=HTTP_LABORATORY, label="demo", now=utcnow()
+                )
+                _, billing_token = create_token(
+                    session, role="billing", laboratory=None, label="demo", now=utcnow()
+                )
 
-            print("\n== a laboratory sends its results over MLLP")
+            print("\n== laboratories send their results (MLLP, and one over HTTP)")
             control_ids: list[str] = []
             with MllpClient("127.0.0.1", port) as client:
                 for path in results:
+                    header = path.read_bytes().split(b"\r", 1)[0]
+                    if f"|{HTTP_LABORATORY}|".encode() in header:
+                        answer = _api(api, "/v1/results", lab_token, path.read_bytes())
+                        for entry in answer["messages"]:
+                            control_ids.append(entry["control_id"])
+                            reason = f" ({entry['reason']})" if entry["reason"] else ""
+                            print(
+                                f"   {path.name} over HTTP: {entry['control_id']}: "
+                                f"{entry['ack_code']}{reason}"
+                            )
+                        continue
                     for raw in split_messages(path.read_bytes()):
                         reply = client.exchange(raw.data)
                         control_ids.append(reply.control_id)
@@ -126,6 +153,16 @@ def run_demo(args: argparse.Namespace) -> int:
                 if settled
                 else f"\n== still working after {SETTLE_TIMEOUT:.0f} s: showing where it is"
             )
+            today = utcnow().date().isoformat()
+            print("\n== billing asks the API: GET /v1/stats/deliveries?group_by=channel (CSV)")
+            figures = _api(
+                api,
+                f"/v1/stats/deliveries?from={today}&to={today}&group_by=channel",
+                billing_token,
+                accept="text/csv",
+            )
+            for line in figures.splitlines():
+                print(f"   {line}")
     stop_embedded(settings)
 
     print("\n== each result's journey")
@@ -141,6 +178,19 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"== {len(emls)} sealed message(s) in {outbox}, the PKI in {pki}")
     _open_one(workdir / "smtp-received.tsv", outbox, pki, examples / "directory.csv")
     return 0 if settled else 1
+
+
+def _api(base: str, path: str, token: str, body: bytes | None = None, *, accept: str = "") -> Any:
+    """One call to the demo's API, as a laboratory's or billing's script would make it."""
+    headers = {"Authorization": f"Bearer {token}"}
+    if body is not None:
+        headers["Content-Type"] = "application/hl7-v2"
+    if accept:
+        headers["Accept"] = accept
+    request = urllib.request.Request(base + path, data=body, headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        text = response.read().decode("utf-8")
+    return text if accept == "text/csv" else json.loads(text)
 
 
 def _labdispatch(*argv: str) -> None:
