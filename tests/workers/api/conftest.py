@@ -34,6 +34,7 @@ from pipeline.recipients.directory_csv import import_directory
 from pipeline.settings import Settings
 from tests.conftest import FIXTURES, scratch_postgres
 from tests.pipeline.delivery.scenario import directory_csv
+from tests.support import set_msh
 from workers.api.app import create_app
 
 LAB_A = "LABO-A"
@@ -45,16 +46,6 @@ HL7 = {"Content-Type": "application/hl7-v2"}
 
 #: Callers of the access tests: a token name (see `Api.tokens`), or None for no token.
 CALLERS = ("lab_a", "lab_b", "ops", "billing", "admin", "revoked", None)
-
-
-def set_msh(data: bytes, values: dict[int, str]) -> bytes:
-    """The message with the given MSH fields (MSH-n: value) replaced."""
-    head, _, rest = data.partition(b"\r")
-    fields = head.split(b"|")  # fields[n - 1] is MSH-n
-    fields += [b""] * (max(values) - len(fields))
-    for number, value in values.items():
-        fields[number - 1] = value.encode()
-    return b"|".join(fields) + b"\r" + rest
 
 
 def result_of(laboratory: str, control_id: str, **msh: str) -> bytes:

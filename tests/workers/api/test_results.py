@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, func, select, text
@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.ledger.models import Message, Rejection
+from tests.support import eventually
 from tests.workers.api.conftest import HL7, LAB_A, LAB_B, Api, result_of
 from workers.api import results as results_module
 from workers.api.results import NOT_STORED_REASON
@@ -26,15 +27,6 @@ def _messages(sessions: sessionmaker[Session]) -> list[Message]:
 def _rejections(sessions: sessionmaker[Session]) -> int:
     with sessions() as session:
         return session.scalar(select(func.count()).select_from(Rejection)) or 0
-
-
-def _eventually(condition: Callable[[], bool], seconds: float = 10.0) -> None:
-    """The after-commit hook runs once the answers are out: wait for it, bounded."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def test_a_result_is_committed_then_answered_with_its_ack_and_handed_to_routing(
@@ -51,7 +43,7 @@ def test_a_result_is_committed_then_answered_with_its_ack_and_handed_to_routing(
     assert "\rMSA|AA|A-1\r" in entry["ack"]
     assert (stored.laboratory, stored.control_id, stored.source) == (LAB_A, "A-1", "api")
     assert stored.source_name.startswith(f"token #{api.token_ids['lab_a']} (lab {LAB_A}) from ")
-    _eventually(lambda: api.routed == [stored.id])
+    eventually(lambda: api.routed == [stored.id])
 
 
 def test_a_batch_gets_one_answer_per_message_in_order_and_422_for_the_refused_one(
@@ -72,7 +64,7 @@ def test_a_batch_gets_one_answer_per_message_in_order_and_422_for_the_refused_on
     assert answers[0]["message_id"] is None and "MSH" in answers[0]["reason"]
     assert [m.control_id for m in _messages(api.sessions)] == ["B-1", "B-2"]
     assert _rejections(api.sessions) == 1  # quarantined, as over MLLP
-    _eventually(lambda: sorted(api.routed) == [a["message_id"] for a in answers if a["message_id"]])
+    eventually(lambda: sorted(api.routed) == [a["message_id"] for a in answers if a["message_id"]])
 
 
 def test_a_resent_result_is_a_duplicate_recorded_and_routed_once(api: Api) -> None:
@@ -87,7 +79,7 @@ def test_a_resent_result_is_a_duplicate_recorded_and_routed_once(api: Api) -> No
         first["message_id"],
     )
     assert len(_messages(api.sessions)) == 1
-    _eventually(lambda: api.routed == [first["message_id"]])
+    eventually(lambda: api.routed == [first["message_id"]])
     time.sleep(0.05)  # a second hand-over would come right behind the first; none does
     assert api.routed == [first["message_id"]]
 

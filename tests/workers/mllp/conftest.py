@@ -20,22 +20,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from pipeline.db import open_database
 from pipeline.delivery.services import DeliveryServices
 from pipeline.settings import Settings
+from tests.support import set_msh
 from workers.mllp.client import MllpClient
 from workers.mllp.server import MllpServer
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "hl7"
 RESULT = (FIXTURES / "fr_prt_idnps_utf8.hl7").read_bytes()
 RESULT_CONTROL_ID = "LBC-2026-000101"
-
-
-def set_msh(data: bytes, values: dict[int, str]) -> bytes:
-    """The message with the given MSH fields (MSH-n: value) replaced."""
-    head, _, rest = data.partition(b"\r")
-    fields = head.split(b"|")  # fields[n - 1] is MSH-n
-    fields += [b""] * (max(values) - len(fields))
-    for number, value in values.items():
-        fields[number - 1] = value.encode()
-    return b"|".join(fields) + b"\r" + rest
 
 
 def result_message(control_id: str, *, accept: str = "", application: str = "") -> bytes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -18,13 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from pipeline.db import make_engine, session_factory
 from pipeline.ledger.models import Event, Message, Rejection
 from pipeline.settings import Settings
-from tests.workers.mllp.conftest import (
-    FIXTURES,
-    RunningServer,
-    StartServer,
-    result_message,
-    set_msh,
-)
+from tests.support import eventually, set_msh
+from tests.workers.mllp.conftest import FIXTURES, RunningServer, StartServer, result_message
 from workers.mllp.client import AckReply, MllpClient
 from workers.mllp.framing import FrameDecoder, frame
 from workers.mllp.server import UNAVAILABLE_REASON
@@ -41,14 +35,6 @@ def _messages(ledger: sessionmaker[Session], control_id: str | None = None) -> l
 def _count(ledger: sessionmaker[Session], model: type[Message] | type[Rejection]) -> int:
     with ledger() as session:
         return session.scalar(select(func.count()).select_from(model)) or 0
-
-
-def _eventually(condition: Callable[[], bool], seconds: float = 15.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def _read_acks(sock: socket.socket, count: int, timeout: float = 30.0) -> list[AckReply]:
@@ -74,7 +60,7 @@ def test_aa_arrives_only_once_the_message_is_committed(
     assert (reply.code, reply.control_id, reply.reasons) == ("AA", "COMMIT-1", ())
     assert stored.laboratory == "LABO-BIO-CENTRE"
     assert stored.state == "received"  # the route stage takes it from here
-    _eventually(lambda: mllp.routed == [stored.id])  # the hook runs after the ACKs are out
+    eventually(lambda: mllp.routed == [stored.id])  # the hook runs after the ACKs are out
 
 
 def test_malformed_gets_ae_with_the_reason_and_is_quarantined(
@@ -117,7 +103,7 @@ def test_resend_after_a_lost_ack_is_one_message_recorded_as_a_duplicate(
     message = result_message("LOST-ACK-1")
     with socket.create_connection(("127.0.0.1", mllp.port)) as sock:
         sock.sendall(frame(message))  # and gone before reading the ACK
-    _eventually(lambda: len(_messages(ledger, "LOST-ACK-1")) == 1)
+    eventually(lambda: len(_messages(ledger, "LOST-ACK-1")) == 1)
     with mllp.client() as client:
         resent = client.exchange(message)
         again = client.exchange(message)
@@ -129,7 +115,7 @@ def test_resend_after_a_lost_ack_is_one_message_recorded_as_a_duplicate(
         ).all()
     assert kinds.count("received") == 1
     assert kinds.count("duplicate") == 2
-    _eventually(lambda: len(mllp.routed) >= 1)
+    eventually(lambda: len(mllp.routed) >= 1)
     assert mllp.routed == [stored.id]  # routed once, never for the resends
 
 
@@ -161,7 +147,7 @@ def test_many_connections_each_get_their_acks_in_order(
         assert got == [("AA", f"C{number:02d}-M{n:02d}") for n in range(per_client)]
     assert _count(ledger, Message) == clients * per_client
     stored = [m.id for m in _messages(ledger)]
-    _eventually(lambda: sorted(mllp.routed) == stored)
+    eventually(lambda: sorted(mllp.routed) == stored)
     # Group commit: far fewer transactions than messages.
     assert mllp.server.committer.batches < clients * per_client
 
@@ -209,7 +195,7 @@ def test_after_commit_hook_failure_is_swallowed(
         first = client.exchange(result_message("HOOK-1"))
         second = client.exchange(result_message("HOOK-2"))
     assert (first.code, second.code) == ("AA", "AA")
-    _eventually(lambda: len(mllp.routed) == 2)
+    eventually(lambda: len(mllp.routed) == 2)
     assert [m.control_id for m in _messages(ledger)] == ["HOOK-1", "HOOK-2"]
 
 
