@@ -8,10 +8,12 @@ far less per row than formatting it, and the label is written here.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import Connection, Engine, Row, func, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -22,11 +24,15 @@ from pipeline.stats.period import Period
 _UNITS = {"month": ("%Y-%m", 7), "day": ("%Y-%m-%d", 10), "minute": ("%Y-%m-%dT%H:%M", 16)}
 
 
-def dialect_of(session: Session) -> str:
-    return session.get_bind().dialect.name
+def dialect_of(session: Session | Connection) -> str:
+    return session.get_bind().dialect.name if isinstance(session, Session) else session.dialect.name
 
 
-def prepare_report(session: Session) -> None:
+#: Connections one report may use at once on PostgreSQL (one statement per laboratory).
+REPORT_CONNECTIONS = 4
+
+
+def prepare_report(session: Session | Connection) -> None:
     """Settings for the reports' few large aggregates, for this transaction only.
 
     PostgreSQL's JIT compiler takes longer to compile these one-off queries (up to a second
@@ -36,6 +42,33 @@ def prepare_report(session: Session) -> None:
     if dialect_of(session) == "postgresql":
         session.execute(text("SET LOCAL jit = off"))
         session.execute(text("SET LOCAL work_mem = '128MB'"))
+
+
+def per_laboratory(
+    session: Session, laboratories: Sequence[str], statement: Callable[[str], Any]
+) -> Iterator[Row[Any]]:
+    """The rows of `statement(lab)` for each laboratory, in laboratory order.
+
+    The statements are independent (each reads one laboratory's range of an index), so on
+    PostgreSQL they run on up to REPORT_CONNECTIONS connections at once, one server process
+    and one core each: a report over twenty laboratories takes about the time of the
+    slowest few, not of all twenty in turn. Each laboratory's figures come from one
+    consistent snapshot. Elsewhere (SQLite, or a session bound to one connection) they run
+    in turn on the session."""
+    bind = session.get_bind()
+    if dialect_of(session) != "postgresql" or not isinstance(bind, Engine) or len(laboratories) < 2:
+        for laboratory in laboratories:
+            yield from session.execute(statement(laboratory))
+        return
+
+    def one(laboratory: str) -> list[Row[Any]]:
+        with bind.connect() as connection, connection.begin():
+            prepare_report(connection)
+            return list(connection.execute(statement(laboratory)))
+
+    with ThreadPoolExecutor(max_workers=min(REPORT_CONNECTIONS, len(laboratories))) as pool:
+        for rows in pool.map(one, laboratories):
+            yield from rows
 
 
 def laboratories_in(session: Session, period: Period) -> list[str]:
