@@ -159,21 +159,25 @@ def delivery_stats(
     statements = per_laboratory(
         session, labs, lambda one_lab: _union(slices, functools.partial(counts, lab=one_lab))
     )
+    # Each (laboratory, group) comes once from these statements: its row is made whole here
+    # (a report per recipient has tens of thousands; the later updates touch few).
     for lab, group, unroutable, handed, read, failed, retries, *more in map(tuple, statements):
-        if not by_time:
-            update(lab, group, received=int(more.pop(0)))
+        received = 0 if by_time else int(more.pop(0))
         median, p95 = more[0] if more and more[0] is not None else (None, None)
-        update(
-            lab,
-            group,
-            unroutable=int(unroutable),
-            delivered=int(handed),
-            read=int(read),
-            failed=int(failed),
-            retries=int(retries),
-            median_seconds_to_delivery=_seconds(median),
-            p95_seconds_to_delivery=_seconds(p95),
-        )
+        rows[(lab, group)] = {
+            "laboratory": lab,
+            "group": group,
+            "received": received,
+            "duplicates": zero,
+            "rejected": zero,
+            "unroutable": int(unroutable),
+            "delivered": int(handed),
+            "read": int(read),
+            "failed": int(failed),
+            "retries": int(retries),
+            "median_seconds_to_delivery": _seconds(median),
+            "p95_seconds_to_delivery": _seconds(p95),
+        }
 
     if dialect != "postgresql":
         durations: dict[tuple[str, str], list[float]] = defaultdict(list)
