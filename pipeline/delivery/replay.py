@@ -15,11 +15,8 @@ finds the open delivery and queues it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime
 
-from cryptography import x509
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -29,6 +26,7 @@ from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Delivery, Message
 from pipeline.recipients.models import Recipient
 from pipeline.sealing.keys import recipient_certificate
+from pipeline.sealing.smime import sealed_for
 
 SEAL = "seal"
 SEND = "send"
@@ -123,27 +121,3 @@ def _envelope_still_valid(session: Session, delivery: Delivery, now: datetime) -
     except LabdispatchError:
         return False  # none usable today: sealing again says why, in the timeline
     return sealed_for(delivery.envelope, certificate)
-
-
-def sealed_for(envelope: bytes, certificate: x509.Certificate) -> bool:
-    """Is `envelope` (S/MIME enveloped-data, as `pipeline.sealing.smime.envelope` writes
-    it) encrypted for `certificate`?
-
-    CMS names each recipient by IssuerAndSerialNumber: the DER of the certificate's issuer
-    Name followed by its serial number INTEGER. Those bytes, in that order, appear in the
-    EnvelopedData exactly when it was made for that certificate (or one with the same
-    issuer and serial, which a CA never issues twice)."""
-    _, separator, body = envelope.partition(b"\r\n\r\n")
-    if not separator:
-        return False
-    try:
-        der = base64.b64decode(b"".join(body.split()), validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    return certificate.issuer.public_bytes() + _der_integer(certificate.serial_number) in der
-
-
-def _der_integer(value: int) -> bytes:
-    """A non-negative INTEGER in DER: minimal big-endian two's complement, short length."""
-    content = value.to_bytes(value.bit_length() // 8 + 1, "big")
-    return b"\x02" + bytes([len(content)]) + content

@@ -18,6 +18,8 @@ type, and every byte of the signed part must be exactly what was signed.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import secrets
 from dataclasses import dataclass
@@ -205,3 +207,27 @@ def _boundary(content: bytes) -> bytes:
         boundary = b"----=_labdispatch_" + secrets.token_hex(12).encode("ascii")
         if boundary not in content:
             return boundary
+
+
+def sealed_for(envelope: bytes, certificate: x509.Certificate) -> bool:
+    """Is `envelope` (S/MIME enveloped-data, as `pipeline.sealing.smime.envelope` writes
+    it) encrypted for `certificate`?
+
+    CMS names each recipient by IssuerAndSerialNumber: the DER of the certificate's issuer
+    Name followed by its serial number INTEGER. Those bytes, in that order, appear in the
+    EnvelopedData exactly when it was made for that certificate (or one with the same
+    issuer and serial, which a CA never issues twice)."""
+    _, separator, body = envelope.partition(b"\r\n\r\n")
+    if not separator:
+        return False
+    try:
+        der = base64.b64decode(b"".join(body.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return certificate.issuer.public_bytes() + _der_integer(certificate.serial_number) in der
+
+
+def _der_integer(value: int) -> bytes:
+    """A non-negative INTEGER in DER: minimal big-endian two's complement, short length."""
+    content = value.to_bytes(value.bit_length() // 8 + 1, "big")
+    return b"\x02" + bytes([len(content)]) + content

@@ -15,7 +15,6 @@ from pipeline.delivery.replay import (
     ReplayRefused,
     UnknownDelivery,
     replay,
-    sealed_for,
     stage_of,
 )
 from pipeline.delivery.services import DeliveryServices
@@ -23,6 +22,7 @@ from pipeline.delivery.stages import route_stage, seal_stage, send_stage
 from pipeline.delivery.trace import UnknownResult
 from pipeline.ledger.models import Delivery, Event
 from pipeline.sealing.demo_pki import DemoPki
+from pipeline.sealing.smime import sealed_for
 from tests.pipeline.delivery.conftest import (
     ADAM,
     ADAM_MAIL,
