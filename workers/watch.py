@@ -292,7 +292,7 @@ class FolderWatcher:
         reports: list[FileReport] = []
         failures: list[str] = []
         tried = 0
-        now = time.monotonic()
+        now = self.clock()
         self._forget_unfinished()
         for take, paths in ((self.adopt, self.orphans), (self.take, self.settled_files)):
             for path in paths():
