@@ -883,7 +883,7 @@ def test_a_file_the_folder_will_not_let_go_is_recorded_once_and_holds_up_no_othe
         )
         assert watcher.poll() == []  # not tried again before its time
         now[0] += 60
-        with pytest.raises(DropFolderError, match="^processing/refused.hl7: "):
+        with pytest.raises(DropFolderError, match=r"^processing/refused\.hl7: "):
             watcher.poll()  # the only file tried failed: the folder itself is in doubt
         assert count(ledger, Rejection) == 1  # tried again: moved only, never recorded again
     finally:
