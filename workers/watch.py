@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import stat
@@ -49,6 +50,7 @@ from pipeline.db import begin_write, first_line
 from pipeline.delivery.intake import Answer, Inbound, accept_batch
 from pipeline.delivery.services import DeliveryServices
 from pipeline.errors import LabdispatchError
+from pipeline.settings import DEFAULT_MAX_MESSAGE_BYTES
 from workers.hooks import AfterCommit
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,18 @@ PARTIAL_SUFFIXES = (".tmp", ".part", ".filepart")
 REASON_SUFFIX = ".reason.txt"
 REASON_WIDTH = 88  # explanations wrapped for a text editor; refusal lines never cut
 ACK_SUFFIX = ".ack"
+#: `--ready marker`: `X` is taken once the exporter has written `X` + this (empty) marker.
+MARKER_SUFFIX = ".ok"
+#: How a file is known to be complete (`--ready`): its mtime has not moved for the settle
+#: time, or its exporter wrote its marker after it.
+READY_SETTLE = "settle"
+READY_MARKER = "marker"
+READY_MODES = (READY_SETTLE, READY_MARKER)
+#: The longest file name (bytes) a derived name (done/, rejected/, acks/, reason) may have:
+#: Linux's NAME_MAX, and what SMB and most filesystems allow.
+NAME_MAX = 255
+#: Room for the `.<UTC timestamp>-NNNN` a clashing name gets.
+_STAMP_ROOM = len(".20261128T093102Z-9999")
 
 #: Seconds a file must go unwritten before it is taken (`--settle`).
 DEFAULT_SETTLE = 1.0
@@ -71,6 +85,9 @@ DEFAULT_SETTLE = 1.0
 DEFAULT_INTERVAL = 1.0
 #: Longest wait between retries while the ledger is down (the interval doubles up to it).
 MAX_BACKOFF = 60.0
+#: First wait before a file whose handling failed (the folder refused a move) is tried
+#: again; it doubles up to MAX_BACKOFF. The other files are not held up meanwhile.
+FILE_RETRY = 1.0
 
 #: Outcomes of one file.
 OUTCOME_DONE = "done"
@@ -115,6 +132,21 @@ class _Claim:
     fd: int | None  # None: the file could not be opened (unreadable); no lock held
     error: OSError | None = None  # why it could not be opened
 
+    @property
+    def shown(self) -> str:
+        """The name as text may carry it (logs, reason files, the ledger)."""
+        return display_name(self.name)
+
+
+@dataclass(frozen=True)
+class _Unfinished:
+    """A file whose messages are committed but which could not be moved out of processing/
+    (the folder refused it): at the next try it is only moved, never recorded again."""
+
+    sub: str
+    reason: str | None
+    report: FileReport
+
 
 class FolderWatcher:
     """Takes settled files from a drop folder and records them in the ledger.
@@ -132,16 +164,27 @@ class FolderWatcher:
         settle: float = DEFAULT_SETTLE,
         after_commit: AfterCommit | None = None,
         clock: Callable[[], float] = time.time,
+        max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        ready: str = READY_SETTLE,
     ) -> None:
+        if ready not in READY_MODES:
+            raise ValueError(f"ready must be one of {', '.join(READY_MODES)}, not {ready!r}")
         self.folder = folder
         self.sessions = sessions
         self.services = services
         self.settle = settle
         self.after_commit = after_commit
         self.clock = clock
+        self.max_bytes = max_bytes
+        self.ready = ready
         #: name → ((size, mtime_ns), when first seen so): for files whose mtime is ahead
         #: of our clock, settled by watching them instead (see `_settled`).
         self._seen: dict[str, tuple[tuple[int, int], float]] = {}
+        #: (device, inode, size, mtime_ns) of files committed but not yet moved out.
+        self._unfinished: dict[tuple[int, int, int, int], _Unfinished] = {}
+        #: name → (when it may be tried again, the wait after that): files whose handling
+        #: failed; skipped until then so that they hold up no other file.
+        self._failing: dict[str, tuple[float, float]] = {}
         self._prepare()
 
     # --- the folder --------------------------------------------------------------------
@@ -169,10 +212,11 @@ class FolderWatcher:
     def _list(self, folder: Path) -> list[tuple[str, os.stat_result]]:
         """Regular files directly in `folder` (no symlinks, dotfiles or partial names)."""
         found = []
+        markers = self.ready == READY_MARKER
         try:
             with os.scandir(folder) as entries:
                 for entry in entries:
-                    if not _takeable(entry.name):
+                    if not _takeable(entry.name) or (markers and _is_marker(entry.name)):
                         continue
                     try:
                         if not entry.is_file(follow_symlinks=False):
@@ -191,14 +235,28 @@ class FolderWatcher:
         return [processing / name for name, _ in self._list(processing)]
 
     def settled_files(self) -> list[Path]:
-        """Files in the folder that nobody has written for the settle time, oldest first."""
+        """Files in the folder that are complete, oldest first: nobody has written them for
+        the settle time (`--ready settle`), or their marker is there (`--ready marker`)."""
         now = self.clock()
         listed = self._list(self.folder)
+        if self.ready == READY_MARKER:
+            return [self.folder / name for name, _ in listed if self._marked(name)]
         present = {name for name, _ in listed}
         for name in list(self._seen):
             if name not in present:
                 del self._seen[name]
         return [self.folder / name for name, st in listed if self._settled(name, st, now)]
+
+    def _marker(self, name: str) -> Path:
+        return self.folder / (name + MARKER_SUFFIX)
+
+    def _marked(self, name: str) -> bool:
+        """The exporter wrote `name.ok` once `name` was complete (a regular file, not a
+        link: a marker is the exporter's word, nobody else's)."""
+        try:
+            return stat.S_ISREG(os.lstat(self._marker(name)).st_mode)
+        except OSError:
+            return False
 
     def _settled(self, name: str, st: os.stat_result, now: float) -> bool:
         """Every write moves a file's mtime, so a file whose mtime is `settle` seconds old has
@@ -225,26 +283,63 @@ class FolderWatcher:
     def poll(self, stop: threading.Event | None = None) -> list[FileReport]:
         """Adopt orphans, then take every settled file; stops early (between two files) when
         `stop` is set, and after a file that could not be recorded (the ledger is down: the
-        next files would fail the same way)."""
+        next files would fail the same way).
+
+        A file the folder will not let us handle (a move refused) is left where it is,
+        logged, and tried again later on its own clock (`FILE_RETRY`, doubling): the other
+        files go on. Only when every file tried failed so is the folder itself in doubt
+        (full, read-only, unmounted): DropFolderError, and `run` backs off."""
         reports: list[FileReport] = []
+        failures: list[str] = []
+        tried = 0
+        now = self.clock()
+        self._forget_unfinished()
         for take, paths in ((self.adopt, self.orphans), (self.take, self.settled_files)):
             for path in paths():
                 if stop is not None and stop.is_set():
                     return reports
+                failing = self._failing.get(path.name)
+                if failing is not None and now < failing[0]:
+                    continue
+                tried += 1
                 try:
                     report = take(path)
-                except OSError as error:
-                    # The folder itself misbehaves (full, read-only, unmounted): a claimed
-                    # file is released, left where it is, and adopted at a later poll.
-                    raise DropFolderError(
-                        f"{path}: {error.strerror or error} (the drop folder cannot be used)"
-                    ) from error
+                except (OSError, DropFolderError) as error:
+                    failures.append(self._failed(path, error, now))
+                    continue
+                self._failing.pop(path.name, None)
                 if report is None:
                     continue
                 reports.append(report)
                 if report.outcome == OUTCOME_RETRY:
                     return reports
+        if failures and len(failures) == tried:
+            raise DropFolderError(f"{failures[0]} (the drop folder cannot be used)")
         return reports
+
+    def _failed(self, path: Path, error: OSError | DropFolderError, now: float) -> str:
+        """Note a file that could not be handled (a claimed one was released and stays where
+        it is); returns the one line said about it, also logged."""
+        delay = self._failing.get(path.name, (0.0, FILE_RETRY))[1]
+        self._failing[path.name] = (now + delay, min(delay * 2, MAX_BACKOFF))
+        why = (error.strerror or str(error)) if isinstance(error, OSError) else str(error)
+        where = path.parent.name + "/" if path.parent != self.folder else ""
+        line = f"{where}{display_name(path.name)}: {why}"
+        logger.warning("%s; this file is tried again in %g s, the others go on", line, delay)
+        return line
+
+    def _forget_unfinished(self) -> None:
+        """Drop what we know of committed files that are no longer in processing/ (moved
+        by hand): their inode may be reused by a new file, which must be recorded."""
+        if not self._unfinished:
+            return
+        present = set()
+        for path in self.orphans():
+            with contextlib.suppress(OSError):
+                present.add(_identity(os.stat(path, follow_symlinks=False)))
+        for key in list(self._unfinished):
+            if key not in present:
+                del self._unfinished[key]
 
     def run(
         self,
@@ -308,6 +403,10 @@ class FolderWatcher:
             os.close(fd)
             raise
         claim = _Claim(name, target, fd)
+        if self.ready == READY_MARKER:
+            # Its marker has said its word; a new one is the exporter's for a new file of
+            # that name. (Put back, the file gets its marker again: see `_put_back`.)
+            self._marker(name).unlink(missing_ok=True)
         if not _same_file(before, target):
             # The name was swapped between our check and the rename: what we moved is not
             # the file we hold; it sits unlocked in processing/ and is adopted next poll.
@@ -326,11 +425,19 @@ class FolderWatcher:
                 raise DropFolderError(f"cannot open {path}: {error.strerror or error}") from error
             return self._reject_unreadable(_Claim(path.name, path, None, error))
         claim = _Claim(path.name, path, fd)
-        if not _same_file(os.fstat(fd), path):
+        held = os.fstat(fd)
+        if not _same_file(held, path):
             self._release(claim)
             return None
+        unfinished = self._unfinished.get(_identity(held))
+        if unfinished is not None:
+            # Recorded already, by us: only the move is left to do (never a second record).
+            try:
+                return self._finish(claim, unfinished)
+            finally:
+                self._release(claim)
         logger.info(
-            "%s: left in %s/ by a stopped watcher; processing it now", path.name, PROCESSING
+            "%s: left in %s/ by a stopped watcher; processing it now", claim.shown, PROCESSING
         )
         return self._process(claim, written_since=None)
 
@@ -351,8 +458,11 @@ class FolderWatcher:
     def _process(self, claim: _Claim, *, written_since: os.stat_result | None) -> FileReport | None:
         assert claim.fd is not None
         try:
+            size = os.fstat(claim.fd).st_size
+            if size > self.max_bytes:
+                return self._reject_too_large(claim, size)
             try:
-                data = _read_all(claim.fd)
+                data = _read_all(claim.fd, self.max_bytes)
                 after = os.fstat(claim.fd)
             except OSError as error:
                 claim.error = error
@@ -361,9 +471,11 @@ class FolderWatcher:
                 after.st_size != len(data) or after.st_mtime_ns != written_since.st_mtime_ns
             ):
                 # Someone still writes it (a writer keeps its descriptor across our rename).
-                logger.info("%s: still being written; left for a later poll", claim.name)
+                logger.info("%s: still being written; left for a later poll", claim.shown)
                 self._put_back(claim)
                 return None
+            if len(data) > self.max_bytes:  # it grew past the limit while we read it
+                return self._reject_too_large(claim, after.st_size)
             if not data:
                 return self._reject_whole(
                     claim,
@@ -377,7 +489,7 @@ class FolderWatcher:
             self._release(claim)
 
     def _record(self, claim: _Claim, data: bytes) -> FileReport | None:
-        name = claim.name
+        name = claim.shown  # a name that is not UTF-8 is kept in the ledger with escapes
         try:
             with self.sessions() as session:
                 begin_write(session)  # SQLite: wait for another writer rather than fail
@@ -399,7 +511,7 @@ class FolderWatcher:
                 name,
                 type(error).__name__,
                 REJECTED,
-                exc_info=True,
+                exc_info=_debug(),
             )
             return self._reject_whole(
                 claim,
@@ -411,17 +523,34 @@ class FolderWatcher:
 
         refused = [answer for answer in answers if answer.status not in RECORDED]
         recorded = len(answers) - len(refused)
-        self._write_acks(name, answers)
-        if refused:
-            moved = self._move_out(
-                claim, REJECTED, reason=_reason_text(name, answers, refused, self.clock())
-            )
-        else:
-            moved = self._move_out(claim, DONE)
-        outcome = OUTCOME_REJECTED if refused else OUTCOME_DONE
-        report = FileReport(name, outcome, recorded, len(refused), moved or "")
-        logger.info("%s", report.line())
+        # Committed: from here on, nothing may send this file through recording again.
+        self._write_acks(claim.name, answers)
         self._after_commit(name, answers)
+        outcome = OUTCOME_REJECTED if refused else OUTCOME_DONE
+        finish = _Unfinished(
+            REJECTED if refused else DONE,
+            _reason_text(name, answers, refused, self.clock()) if refused else None,
+            FileReport(name, outcome, recorded, len(refused)),
+        )
+        assert claim.fd is not None
+        key = _identity(os.fstat(claim.fd))
+        self._unfinished[key] = finish
+        report = self._finish(claim, finish)
+        self._unfinished.pop(key, None)
+        return report
+
+    def _finish(self, claim: _Claim, finish: _Unfinished) -> FileReport | None:
+        """Move a committed file to done/ or rejected/ (raises OSError if the folder refuses:
+        the file stays in processing/ and `_unfinished` says it is recorded already)."""
+        moved = self._move_out(claim, finish.sub, reason=finish.reason)
+        report = FileReport(
+            finish.report.name,
+            finish.report.outcome,
+            finish.report.recorded,
+            finish.report.refused,
+            moved or "",
+        )
+        logger.info("%s", report.line())
         return report
 
     def _after_commit(self, name: str, answers: Sequence[Answer]) -> None:
@@ -433,14 +562,14 @@ class FolderWatcher:
         try:
             self.after_commit(ids)
         except Exception as error:
-            # Recorded is recorded: the reconcile job queues what this hook failed to.
+            # Recorded is recorded: the reconcile job queues what this hook failed to. The
+            # error's type only: its text may quote what it was handling.
             logger.error(
-                "%s: recorded, but routing could not be queued (%s: %s); the reconcile job "
+                "%s: recorded, but routing could not be queued (%s); the reconcile job "
                 "will queue it",
                 name,
                 type(error).__name__,
-                first_line(error),
-                exc_info=True,
+                exc_info=_debug(),
             )
 
     def _reject_unreadable(self, claim: _Claim) -> FileReport | None:
@@ -453,13 +582,24 @@ class FolderWatcher:
             "readable by the user the watcher runs as, and drop it again.",
         )
 
+    def _reject_too_large(self, claim: _Claim, size: int) -> FileReport | None:
+        """Refused from its size alone: never read (LABDISPATCH_MAX_MESSAGE_BYTES)."""
+        return self._reject_whole(
+            claim,
+            f"file of {size} bytes, over the {self.max_bytes}-byte limit",
+            f"The file is {size} bytes long, more than the {self.max_bytes} bytes this "
+            "service takes in one file (the same limit as one MLLP message or one HTTP "
+            "request). Nothing of it was recorded: split it into several files (each "
+            "message, or a few, per file) and drop them again.",
+        )
+
     def _reject_whole(self, claim: _Claim, note: str, text: str) -> FileReport | None:
         """Refuse a file as a whole (nothing of it reached the ledger)."""
-        reason = f"{claim.name}: {note}\n\n{textwrap.fill(text, REASON_WIDTH)}\n"
+        reason = f"{claim.shown}: {note}\n\n{textwrap.fill(text, REASON_WIDTH)}\n"
         moved = self._move_out(claim, REJECTED, reason=reason)
         if moved is None:
             return None
-        report = FileReport(claim.name, OUTCOME_REJECTED, moved_to=moved, note=note)
+        report = FileReport(claim.shown, OUTCOME_REJECTED, moved_to=moved, note=note)
         logger.info("%s", report.line())
         return report
 
@@ -474,24 +614,37 @@ class FolderWatcher:
         target = _free_name(folder, claim.name, self.clock(), also=also)
         reason_file = folder / (target.name + REASON_SUFFIX)
         if reason is not None:
-            _write_file(folder, reason_file.name, reason.encode("utf-8"))
+            try:
+                _write_file(folder, reason_file.name, reason.encode("utf-8"))
+            except OSError as error:
+                # The ACK file says it too; the file must still leave processing/.
+                logger.error(
+                    "%s: the reason file could not be written (%s)",
+                    claim.shown,
+                    error.strerror or type(error).__name__,
+                )
         try:
             os.rename(claim.path, target)
         except FileNotFoundError:
             if reason is not None:
                 reason_file.unlink(missing_ok=True)
             return None
-        return f"{sub}/{target.name}"
+        return f"{sub}/{display_name(target.name)}"
 
     def _put_back(self, claim: _Claim) -> str:
         """Return a claimed file to the drop folder; if a new file of that name is already
-        there, leave it in processing/ (adopted at the next poll) rather than replace it."""
+        there, leave it in processing/ (adopted at the next poll) rather than replace it.
+        With markers, its marker is written again (it was removed when the file was
+        claimed): without it, the file would never be taken again."""
         target = self.folder / claim.name
         if not os.path.lexists(target):
             with contextlib.suppress(FileNotFoundError):
                 os.rename(claim.path, target)
-                return claim.name
-        return f"{PROCESSING}/{claim.name}"
+                if self.ready == READY_MARKER and not os.path.lexists(self._marker(claim.name)):
+                    with contextlib.suppress(OSError):
+                        _write_file(self.folder, self._marker(claim.name).name, b"")
+                return claim.shown
+        return f"{PROCESSING}/{claim.shown}"
 
     def _write_acks(self, name: str, answers: Sequence[Answer]) -> None:
         """acks/<name>.ack: each message's ACK (CR segment ends), one per line, in order."""
@@ -502,10 +655,15 @@ class FolderWatcher:
         try:
             target = _free_name(folder, name + ACK_SUFFIX, self.clock())
             _write_file(folder, target.name, b"\n".join(acks))
-        except OSError as error:
+        except (OSError, DropFolderError) as error:
             # The messages are committed; the ACK file is a courtesy copy of what the ledger
             # says. Say so loudly, but do not undo or repeat the recording.
-            logger.error("%s: recorded, but the ACK file could not be written (%s)", name, error)
+            why = error.strerror if isinstance(error, OSError) else None
+            logger.error(
+                "%s: recorded, but the ACK file could not be written (%s)",
+                display_name(name),
+                why or type(error).__name__,
+            )
 
 
 class _Busy(Exception):
@@ -516,6 +674,29 @@ def _takeable(name: str) -> bool:
     """Dotfiles and partial names are files an exporter is still writing (write, then
     rename is the protocol we ask labs to follow)."""
     return not name.startswith(".") and not name.lower().endswith(PARTIAL_SUFFIXES)
+
+
+def _is_marker(name: str) -> bool:
+    return name.lower().endswith(MARKER_SUFFIX)
+
+
+def display_name(name: str) -> str:
+    """A file name as text may safely carry it (logs, reason files, the ledger, a terminal):
+    bytes that are not UTF-8 as `\\xNN`, control characters (a newline would forge a log
+    line) as `\\n`, `\\x1b`… Printable names are unchanged."""
+    text = os.fsencode(name).decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _debug() -> bool:
+    """LABDISPATCH_DEBUG=1: tracebacks in the log, for a developer who asked for them."""
+    return os.environ.get("LABDISPATCH_DEBUG") == "1"
 
 
 def _open_locked(path: Path) -> int:
@@ -546,37 +727,69 @@ def _same_file(st: os.stat_result, path: Path) -> bool:
     return (st.st_dev, st.st_ino) == (other.st_dev, other.st_ino)
 
 
-def _read_all(fd: int) -> bytes:
+def _read_all(fd: int, limit: int) -> bytes:
+    """The file's bytes, at most `limit` + 1 of them (one more says it is over)."""
     chunks = []
-    while chunk := os.read(fd, 1 << 20):
+    left = limit + 1
+    while left > 0 and (chunk := os.read(fd, min(1 << 20, left))):
         chunks.append(chunk)
+        left -= len(chunk)
     return b"".join(chunks)
+
+
+def _split_extension(name: str) -> tuple[str, str]:
+    """("report", ".hl7") for "report.hl7"; no extension for a dotless name."""
+    stem, dot, ext = name.rpartition(".")
+    return (stem, dot + ext) if stem else (name, "")
+
+
+def _fit(name: str, room: int) -> str:
+    """`name` if it leaves `room` bytes under NAME_MAX, else a shorter name that does and
+    still says which file it is: its start (cut on a character boundary), `~`, 10 hex
+    digits of its hash (distinct names stay distinct), and its extension."""
+    encoded = os.fsencode(name)
+    if len(encoded) + room <= NAME_MAX:
+        return name
+    stem, ext = _split_extension(name)
+    if len(os.fsencode(ext)) > 16:
+        stem, ext = name, ""
+    tag = "~" + hashlib.sha256(encoded).hexdigest()[:10]
+    budget = max(NAME_MAX - room - len(tag) - len(os.fsencode(ext)), 1)
+    head, size = [], 0
+    for character in stem:  # whole characters: a name is never cut inside one
+        size += len(os.fsencode(character))
+        if size > budget:
+            break
+        head.append(character)
+    return "".join(head) + tag + ext
 
 
 def _free_name(folder: Path, name: str, now: float, *, also: Sequence[str] = ()) -> Path:
     """`name`, or when taken `stem.<UTC timestamp>[-n].ext`: never an existing file's name
-    (nor one whose companion `name + suffix` for each suffix in `also` exists)."""
+    (nor one whose companion `name + suffix` for each suffix in `also` exists). A name too
+    long for the filesystem with its suffixes is shortened (`_fit`), never refused."""
 
     def free(candidate: str) -> bool:
         return not any(os.path.lexists(folder / (candidate + s)) for s in ("", *also))
 
-    if free(name):
-        return folder / name
-    stem, dot, ext = name.rpartition(".")
-    if not stem:
-        stem, dot, ext = name, "", ""
+    room = max((len(os.fsencode(s)) for s in also), default=0)
+    first = _fit(name, room)
+    if free(first):
+        return folder / first
+    stem, ext = _split_extension(_fit(name, room + _STAMP_ROOM))
     stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%SZ")
     for n in range(1, 10_000):
-        candidate = f"{stem}.{stamp}{'' if n == 1 else f'-{n}'}{dot}{ext}"
+        candidate = f"{stem}.{stamp}{'' if n == 1 else f'-{n}'}{ext}"
         if free(candidate):
             return folder / candidate
-    raise DropFolderError(f"no free name for {name} in {folder}")
+    raise DropFolderError(f"no free name for {display_name(name)} in {folder}")
 
 
 def _write_file(folder: Path, name: str, data: bytes) -> None:
     """Write under a temporary dotfile name, then rename: a lab's script polling the folder
     never reads half a file (the same rule we ask of them)."""
-    fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    prefix = "." + _fit(name, len(".XXXXXXXX.tmp") + 2) + "."
+    fd, temporary = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, event, func, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.db import make_engine, migrate, session_factory
@@ -31,7 +33,7 @@ from pipeline.settings import Settings, SigningSettings
 from tests.conftest import FIXTURES
 from workers.bench.scratch import drop_database
 from workers.cli import main
-from workers.watch import FileReport, FolderWatcher
+from workers.watch import DropFolderError, FileReport, FolderWatcher
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "results"
@@ -728,3 +730,378 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for: {what}"
         time.sleep(0.02)
+
+
+# --- hostile or clumsy names (issue 11) -----------------------------------------------------
+
+#: "résultat.hl7" as a Latin-1 exporter writes it: not valid UTF-8.
+LATIN1_NAME = os.fsdecode(b"r\xe9sultat.hl7")
+ADT = (HL7 / "adt_a01.hl7").read_bytes()  # ADT-1, refused AR
+
+
+def test_a_file_name_that_is_not_utf8_is_recorded_and_shown_with_escapes(
+    cli_env: str, folder: Path, ledger: sessionmaker[Session], capsys: pytest.CaptureFixture[str]
+) -> None:
+    drop(folder, LATIN1_NAME, GOOD)
+
+    status = main(["watch", str(folder), "--once"])
+
+    out = capsys.readouterr().out
+    assert status == 0
+    assert out == "r\\xe9sultat.hl7: 1 recorded, 0 refused → done/r\\xe9sultat.hl7\n"
+    assert names(folder / "processing") == [] and names(folder) == []
+    assert (folder / "done" / LATIN1_NAME).read_bytes() == GOOD  # its own bytes kept
+    (ack,) = acks_of(folder / "acks" / (LATIN1_NAME + ".ack"))
+    assert msa(ack) == b"MSA|AA|LBC-2026-000101"
+    assert ledger_messages(ledger) == [("LBC-2026-000101", 1, "file", "r\\xe9sultat.hl7")]
+    assert main(["watch", str(folder), "--once"]) == 0  # the next start has nothing to do
+    assert capsys.readouterr().out == ""
+
+
+def test_a_refused_file_whose_name_is_not_utf8_or_holds_a_newline_is_named_safely(
+    watcher: FolderWatcher, folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    drop(folder, LATIN1_NAME, NO_OBR, age=120)
+    drop(folder, "forged\nlabdispatch: ERROR: x.hl7", NO_OBR.replace(b"NO-OBR", b"NL-1"))
+
+    reports = watcher.poll()
+
+    assert [r.line() for r in reports] == [
+        "r\\xe9sultat.hl7: 0 recorded, 1 refused → rejected/r\\xe9sultat.hl7",
+        "forged\\nlabdispatch: ERROR: x.hl7: 0 recorded, 1 refused → "
+        "rejected/forged\\nlabdispatch: ERROR: x.hl7",
+    ]
+    reason = read_reason(folder / "rejected" / (LATIN1_NAME + ".reason.txt"))
+    assert reason.startswith("r\\xe9sultat.hl7: 1 of 1 message(s) refused")
+    assert names(folder / "processing") == []
+    assert all("\n" not in r.getMessage() for r in caplog.records)
+
+
+def test_a_file_name_that_is_not_utf8_left_in_processing_does_not_stop_the_next_start(
+    watcher: FolderWatcher, folder: Path
+) -> None:
+    drop(folder / "processing", LATIN1_NAME, GOOD)  # what the crash of issue 11 left
+
+    (report,) = watcher.poll()
+
+    assert report.line() == "r\\xe9sultat.hl7: 1 recorded, 0 refused → done/r\\xe9sultat.hl7"
+    assert names(folder / "processing") == []
+
+
+def _fits(name: str) -> bool:
+    return len(os.fsencode(name)) <= 255
+
+
+def test_a_refused_file_with_a_long_name_gets_a_bounded_reason_file_and_holds_up_no_other(
+    watcher: FolderWatcher, folder: Path, ledger: sessionmaker[Session], routed: Routed
+) -> None:
+    long_name = "a" * 246 + ".hl7"  # with ".reason.txt": 261 bytes, over NAME_MAX
+    drop(folder, long_name, ADT, age=120)
+    drop(folder, "later.hl7", GOOD, age=60)
+
+    reports = watcher.poll()
+
+    assert [(r.name, r.outcome) for r in reports] == [
+        (long_name, "rejected"),
+        ("later.hl7", "done"),
+    ]
+    assert names(folder / "processing") == [] and names(folder) == []
+    (kept, reason_file) = names(folder / "rejected")
+    assert (folder / "rejected" / kept).read_bytes() == ADT
+    assert reason_file == kept + ".reason.txt" and _fits(reason_file)
+    assert kept.startswith("a" * 200) and kept.endswith(".hl7")
+    assert reports[0].moved_to == f"rejected/{kept}"
+    reason = read_reason(folder / "rejected" / reason_file)
+    assert reason.startswith(f"{long_name}: 1 of 1 message(s) refused")
+    assert "ADT^A01 is not accepted" in reason
+    assert sorted(names(folder / "acks")) == sorted([long_name + ".ack", "later.hl7.ack"])
+    assert count(ledger, Rejection) == 1 and count(ledger, Message) == 1
+    assert len(routed) == 1
+
+    assert watcher.poll() == []  # nothing left over, nothing quarantined twice
+    assert count(ledger, Rejection) == 1
+
+
+@pytest.mark.parametrize(
+    "long_name",
+    ["b" * 251 + ".hl7", "é" * 125 + ".hl7"],  # 255 bytes and 254 bytes (2 per é)
+    ids=["ascii-255", "utf8-254"],
+)
+def test_accepted_files_with_long_names_get_their_ack_even_dropped_twice(
+    folder: Path, ledger: sessionmaker[Session], services: DeliveryServices, long_name: str
+) -> None:
+    now = time.time()
+    watcher = FolderWatcher(folder, ledger, services, clock=lambda: now)
+    for data in (GOOD, GOOD_LATIN1):
+        drop(folder, long_name, data)
+        (report,) = watcher.poll()
+        assert report.outcome == "done", report.line()
+
+    done = names(folder / "done")
+    assert len(done) == 2 and long_name in done and all(_fits(n) for n in done)
+    (second,) = [n for n in done if n != long_name]
+    assert (folder / "done" / second).read_bytes() == GOOD_LATIN1
+    assert second.endswith(".hl7") and second.isprintable()  # cut between characters
+    acks = names(folder / "acks")
+    assert len(acks) == 2 and all(_fits(n) and n.endswith(".ack") for n in acks)
+    assert sorted(msa(acks_of(folder / "acks" / n)[0]) for n in acks) == [
+        b"MSA|AA|LBC-2026-000101",
+        b"MSA|AA|LS-000777",
+    ]
+    assert [m[0] for m in ledger_messages(ledger)] == ["LBC-2026-000101", "LS-000777"]
+    assert not any(n.startswith(".") for n in os.listdir(folder / "acks"))  # no temp left
+
+
+def test_a_file_the_folder_will_not_let_go_is_recorded_once_and_holds_up_no_other(
+    folder: Path,
+    ledger: sessionmaker[Session],
+    services: DeliveryServices,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """rejected/ swapped for a link to another filesystem: the move out of processing/
+    fails for real (EXDEV) after the commit."""
+    now = [time.time()]
+    watcher = FolderWatcher(folder, ledger, services, clock=lambda: now[0])
+    elsewhere = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        assert elsewhere.stat().st_dev != folder.stat().st_dev
+        (folder / "rejected").rmdir()
+        (folder / "rejected").symlink_to(elsewhere)
+        drop(folder, "refused.hl7", NO_OBR, age=120)
+        drop(folder, "good.hl7", GOOD, age=60)
+
+        reports = watcher.poll()
+
+        assert [r.line() for r in reports] == ["good.hl7: 1 recorded, 0 refused → done/good.hl7"]
+        assert names(folder / "processing") == ["refused.hl7"]
+        assert count(ledger, Rejection) == 1
+        assert any(
+            r.levelno == logging.WARNING and r.getMessage().startswith("refused.hl7: ")
+            for r in caplog.records
+        )
+        assert watcher.poll() == []  # not tried again before its time
+        now[0] += 60
+        with pytest.raises(DropFolderError, match=r"^processing/refused\.hl7: "):
+            watcher.poll()  # the only file tried failed: the folder itself is in doubt
+        assert count(ledger, Rejection) == 1  # tried again: moved only, never recorded again
+    finally:
+        (folder / "rejected").unlink()
+        shutil.rmtree(elsewhere)
+    (folder / "rejected").mkdir()
+    now[0] += 120
+
+    (report,) = watcher.poll()
+
+    assert report.line() == "refused.hl7: 0 recorded, 1 refused → rejected/refused.hl7"
+    assert names(folder / "rejected") == ["refused.hl7", "refused.hl7.reason.txt"]
+    assert count(ledger, Rejection) == 1  # one file, one quarantine row
+    assert len(names(folder / "acks")) == 2
+
+
+# --- the size limit ---------------------------------------------------------------------------
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read through read() so far (the kernel's count)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+def test_a_file_over_the_size_limit_is_refused_from_its_size_and_never_read(
+    folder: Path, ledger: sessionmaker[Session], services: DeliveryServices
+) -> None:
+    watcher = FolderWatcher(folder, ledger, services, max_bytes=len(GOOD))
+    drop(folder, "exact.hl7", GOOD, age=120)  # at the limit: taken
+    big = drop(folder, "big.hl7", GOOD, age=60)
+    os.truncate(big, 64 * 1024 * 1024)  # a valid message, then 64 MiB (sparse) of nothing
+    backdate(big, 60)
+    before = _bytes_read()
+
+    reports = watcher.poll()
+
+    assert _bytes_read() - before < 1024 * 1024  # the 64 MiB were never read
+    assert [r.line() for r in reports] == [
+        "exact.hl7: 1 recorded, 0 refused → done/exact.hl7",
+        f"big.hl7: file of {64 * 1024 * 1024} bytes, over the {len(GOOD)}-byte limit "
+        "→ rejected/big.hl7",
+    ]
+    reason = read_reason(folder / "rejected" / "big.hl7.reason.txt")
+    assert "split it into several files" in reason
+    assert names(folder / "acks") == ["exact.hl7.ack"]  # nothing of big.hl7 answered
+    assert count(ledger, Message) == 1 and count(ledger, Rejection) == 0
+
+
+def test_the_size_limit_is_the_setting_every_intake_shares(
+    cli_env: str,
+    folder: Path,
+    ledger: sessionmaker[Session],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LABDISPATCH_MAX_MESSAGE_BYTES", "2000")
+    padded = GOOD.rstrip(b"\r\n") + b"\rNTE|1||" + b"x" * 1000 + b"\r"  # valid, 2.4 KB
+    drop(folder, "padded.hl7", padded)
+
+    assert main(["watch", str(folder), "--once"]) == 1
+
+    assert capsys.readouterr().out == (
+        f"padded.hl7: file of {len(padded)} bytes, over the 2000-byte limit → rejected/padded.hl7\n"
+    )
+    assert count(ledger, Message) == 0 and names(folder / "acks") == []
+    assert Settings.from_env({}).max_message_bytes == 16 * 1024 * 1024  # MLLP's and the API's
+
+
+# --- knowing a file is complete: markers (issue 11) -------------------------------------------
+
+
+def test_with_markers_a_file_is_taken_only_once_its_marker_is_there(
+    folder: Path, ledger: sessionmaker[Session], services: DeliveryServices
+) -> None:
+    watcher = FolderWatcher(folder, ledger, services, settle=1.0, ready="marker")
+    path = drop(folder, "slow.hl7", GOOD[:200], age=3600)  # paused far longer than --settle
+
+    assert watcher.poll() == []
+    assert names(folder) == ["slow.hl7"]  # settled by its mtime, but no marker: not taken
+
+    with path.open("ab") as writer:
+        writer.write(GOOD[200:])
+    drop(folder, "slow.hl7.ok", b"")  # the exporter's word that it is complete
+    drop(folder, "orphan-marker.hl7.ok", b"")  # a marker alone is never data
+
+    (report,) = watcher.poll()
+
+    assert report.line() == "slow.hl7: 1 recorded, 0 refused → done/slow.hl7"
+    assert (folder / "done" / "slow.hl7").read_bytes() == GOOD
+    assert names(folder) == ["orphan-marker.hl7.ok"]  # its own marker consumed
+    assert watcher.poll() == []
+
+
+def test_with_markers_a_file_put_back_while_the_ledger_is_down_keeps_its_marker(
+    request: pytest.FixtureRequest,
+    engine: Engine,
+    folder: Path,
+    ledger: sessionmaker[Session],
+    services: DeliveryServices,
+) -> None:
+    watcher = FolderWatcher(folder, ledger, services, ready="marker")
+    drop(folder, "cr.hl7", GOOD)
+    drop(folder, "cr.hl7.ok", b"")
+    restore = break_ledger(request, engine)
+
+    (report,) = watcher.poll()
+
+    assert report.outcome == "retry"
+    assert names(folder) == ["cr.hl7", "cr.hl7.ok"]
+    restore()
+    (report,) = watcher.poll()
+    assert report.line() == "cr.hl7: 1 recorded, 0 refused → done/cr.hl7"
+
+
+def test_once_with_ready_marker_from_the_command_line(
+    cli_env: str, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    drop(folder, "a.hl7", GOOD)
+    drop(folder, "b.hl7", GOOD_LATIN1)
+    drop(folder, "b.hl7.ok", b"")
+
+    assert main(["watch", str(folder), "--once", "--ready", "marker"]) == 0
+
+    assert capsys.readouterr().out == "b.hl7: 1 recorded, 0 refused → done/b.hl7\n"
+    assert names(folder) == ["a.hl7"]
+
+
+# --- AA only after the commit (issue 11) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("failure", ["database", "other"])
+def test_when_the_commit_itself_fails_no_aa_nothing_stored_nothing_routed(
+    watcher: FolderWatcher,
+    folder: Path,
+    ledger: sessionmaker[Session],
+    routed: Routed,
+    failure: str,
+) -> None:
+    """The commit is the moment a result is ours: if it raises, the lab must not hold an
+    AA. (Breaking the database before recording never reaches the commit.)"""
+
+    def failing_commit(session: Session) -> None:
+        if session.in_nested_transaction():
+            return  # a savepoint released inside recording: not the commit
+        if failure == "database":
+            raise OperationalError("COMMIT", None, Exception("disk I/O error"))
+        raise RuntimeError("the commit failed")
+
+    drop(folder, "cr.hl7", GOOD)
+    event.listen(ledger, "before_commit", failing_commit)  # the watcher's sessions
+    try:
+        (report,) = watcher.poll()
+    finally:
+        event.remove(ledger, "before_commit", failing_commit)
+
+    assert count(ledger, Message) == 0 and count(ledger, Rejection) == 0
+    assert routed == []
+    aa = [
+        path
+        for path in (folder / "acks").iterdir()
+        if any(msa(ack).startswith(b"MSA|AA|") for ack in acks_of(path))
+    ]
+    assert aa == []
+    if failure == "database":  # the ledger-down rule: back in the folder, tried again
+        assert report.outcome == "retry" and names(folder) == ["cr.hl7"]
+        (report,) = watcher.poll()
+        assert report.line() == "cr.hl7: 1 recorded, 0 refused → done/cr.hl7"
+        assert len(routed) == 1 and count(ledger, Message) == 1
+    else:  # our bug: refused whole, nothing recorded, nothing acknowledged
+        assert report.outcome == "rejected" and names(folder / "acks") == []
+
+
+# --- no patient value in the watcher's logs (issue 11) ----------------------------------------
+
+
+def _patient_values(*messages: bytes) -> set[str]:
+    """Each message's patient identifiers (PID-3.1 of every repetition) and name parts
+    (PID-5.1 and PID-5.2), as text."""
+    values = set()
+    for data in messages:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = data.decode("latin-1")
+        for segment in text.replace("\n", "\r").split("\r"):
+            if segment.startswith("PID|"):
+                fields = segment.split("|")
+                values |= {repetition.split("^")[0] for repetition in fields[3].split("~")}
+                values |= set(fields[5].split("~")[0].split("^")[:2])
+    return values - {""}
+
+
+def test_the_watcher_logs_no_patient_value_even_at_debug(
+    folder: Path,
+    ledger: sessionmaker[Session],
+    services: DeliveryServices,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    values = _patient_values(GOOD, NO_OBR, GOOD_LATIN1)
+    assert len(values) >= 4
+
+    def broker_quoting_its_payload(message_ids: Sequence[int]) -> None:
+        raise ConnectionError(f"could not queue {sorted(values)}")
+
+    caplog.set_level(logging.DEBUG)
+    watcher = FolderWatcher(folder, ledger, services, after_commit=broker_quoting_its_payload)
+    drop(folder, "accepted.hl7", GOOD, age=120)
+    drop(folder, "refused.hl7", NO_OBR, age=100)
+    drop(folder, "mixed.hl7", GOOD_LATIN1 + NO_OBR.replace(b"NO-OBR", b"NO-OBR-2"), age=80)
+    drop(folder, "big.hl7", GOOD + b"x" * 20 * 1024 * 1024, age=60)
+    drop(folder / "processing", "orphan.hl7", GOOD.replace(b"LBC-2026-000101", b"ORPH-1"))
+
+    reports = watcher.poll()
+
+    assert len(reports) == 5
+    logged = caplog.text
+    assert "accepted.hl7" in logged and "refused.hl7" in logged
+    assert [value for value in values if value in logged] == []

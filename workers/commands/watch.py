@@ -16,12 +16,17 @@ from typing import Any
 from pipeline.db import open_database
 from pipeline.delivery.services import DeliveryServices
 from pipeline.settings import Settings
+from workers.broker import one_shot_broker
 from workers.hooks import AfterCommit, route_after_commit
 from workers.watch import (
     DEFAULT_INTERVAL,
     DEFAULT_SETTLE,
+    MARKER_SUFFIX,
     OUTCOME_REJECTED,
     OUTCOME_RETRY,
+    READY_MARKER,
+    READY_MODES,
+    READY_SETTLE,
     FileReport,
     FolderWatcher,
     stop_on_signals,
@@ -40,6 +45,14 @@ def register(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     watch.add_argument("folder", type=Path, metavar="DIR", help="the drop folder")
+    watch.add_argument(
+        "--ready",
+        choices=READY_MODES,
+        default=READY_SETTLE,
+        help=f"when a file is complete: '{READY_MARKER}' once its exporter has written "
+        f"NAME{MARKER_SUFFIX} after NAME (safe with any writer that can); '{READY_SETTLE}' "
+        "once nobody has written it for --settle seconds (default: %(default)s)",
+    )
     watch.add_argument(
         "--settle",
         type=_seconds,
@@ -67,12 +80,28 @@ def run_watch(args: argparse.Namespace, after_commit: AfterCommit | None = None)
     """`after_commit` receives the ledger IDs of newly recorded messages once committed:
     by default the function that queues their route stage."""
     settings = Settings.from_env()
+    if args.once:
+        # A one-shot job: an embedded broker it had to start is stopped when it is done,
+        # unless another process uses it by then.
+        with one_shot_broker(settings):
+            return _run(args, settings, after_commit)
+    return _run(args, settings, after_commit)
+
+
+def _run(args: argparse.Namespace, settings: Settings, after_commit: AfterCommit | None) -> int:
     if after_commit is None:
         after_commit = route_after_commit()
     sessions = open_database(settings)
+    ready = getattr(args, "ready", READY_SETTLE)
     with DeliveryServices.from_settings(settings) as services:
         watcher = FolderWatcher(
-            args.folder, sessions, services, settle=args.settle, after_commit=after_commit
+            args.folder,
+            sessions,
+            services,
+            settle=args.settle,
+            after_commit=after_commit,
+            max_bytes=settings.max_message_bytes,
+            ready=ready,
         )
         if args.once:
             reports = watcher.poll()
@@ -82,7 +111,17 @@ def run_watch(args: argparse.Namespace, after_commit: AfterCommit | None = None)
         log = logging.getLogger("workers.watch")
         if log.level == logging.NOTSET or log.level > logging.INFO:
             log.setLevel(logging.INFO)  # a service logs one line per file it handled
-        log.info("watching %s (settle %g s, every %g s)", args.folder, args.settle, args.interval)
+        if ready == READY_MARKER:
+            log.info(
+                "watching %s (files with a %s marker, every %g s)",
+                args.folder,
+                MARKER_SUFFIX,
+                args.interval,
+            )
+        else:
+            log.info(
+                "watching %s (settle %g s, every %g s)", args.folder, args.settle, args.interval
+            )
         stop = threading.Event()
         with stop_on_signals(stop):
             watcher.run(interval=args.interval, stop=stop)

@@ -16,11 +16,13 @@ from asyncio import StreamReader
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from pipeline.settings import max_message_bytes
+
 START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c"
 CARRIAGE_RETURN = b"\r"
 #: The default largest frame accepted: a result with a few PDF reports is a few MiB.
-DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_BYTES = max_message_bytes()  # LABDISPATCH_MAX_MESSAGE_BYTES, every intake's
 #: How much of an oversized frame is kept: the MSH, to address the refusal.
 OVERSIZED_HEAD_BYTES = 4096
 READ_SIZE = 64 * 1024
