@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,7 +143,7 @@ class GroupCommitter:
             try:
                 self._commit(batch)
             except Exception as error:  # a bug: never leave a connection waiting forever
-                log.error("MLLP committer failed (%s)", type(error).__name__, exc_info=True)
+                log.error("MLLP committer failed (%s)%s", type(error).__name__, debug_trace(error))
                 self._loop.call_soon_threadsafe(_fail, batch, error)
 
     def _commit(self, batch: list[_Pending]) -> None:
@@ -160,10 +162,10 @@ class GroupCommitter:
                 self._after_commit(route)
             except Exception as error:
                 log.error(
-                    "after-commit hook failed for %d message(s) (%s); reconcile will route them",
+                    "after-commit hook failed for %d message(s) (%s); reconcile will route them%s",
                     len(route),
                     type(error).__name__,
-                    exc_info=True,
+                    debug_trace(error),
                 )
 
     def _store(self, inbound: Sequence[Inbound]) -> list[tuple[list[Answer], bool]]:
@@ -189,13 +191,24 @@ class GroupCommitter:
                 return [(unavailable_answers(item, reason), False) for item in inbound]
             if len(inbound) == 1:
                 log.error(
-                    "intake failed for a frame from %s (%s): answered with an error, not stored",
+                    "intake failed for a frame from %s (%s): answered with an error, not stored%s",
                     inbound[0].source_name,
                     type(error).__name__,
-                    exc_info=True,
+                    debug_trace(error),
                 )
                 return [(unavailable_answers(inbound[0], reason), False)]
         return [self._store([item])[0] for item in inbound]
+
+
+def debug_trace(error: BaseException) -> str:
+    """Where an error came from, for the log, under LABDISPATCH_DEBUG=1 only: the frames
+    (file, line, function), never the exception's text, which may quote a result."""
+    if os.environ.get("LABDISPATCH_DEBUG") != "1":
+        return ""
+    frames = traceback.extract_tb(error.__traceback__)
+    return "; raised at " + " <- ".join(
+        f"{frame.filename}:{frame.lineno} in {frame.name}" for frame in reversed(frames)
+    )
 
 
 def ledger_unreachable(error: BaseException) -> bool:
