@@ -115,6 +115,8 @@ class GroupCommitter:
         self._linger = linger
         self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="mllp-committer", daemon=True)
+        #: Used on the committer's thread only: an outage repeats its line once per 10 s.
+        self._events = RateLimitedLog(log)
         self.batches = 0  # commits attempted, for tests and curiosity
 
     def start(self) -> None:
@@ -171,7 +173,9 @@ class GroupCommitter:
             try:
                 self._after_commit(route)
             except Exception as error:
-                log.error(
+                self._events.log(
+                    logging.ERROR,
+                    "after-commit",
                     "after-commit hook failed for %d message(s) (%s); reconcile will route them%s",
                     len(route),
                     type(error).__name__,
@@ -193,14 +197,18 @@ class GroupCommitter:
         except Exception as error:
             reason = UNAVAILABLE_REASON if isinstance(error, DBAPIError) else FAILED_REASON
             if ledger_unreachable(error):
-                log.error(
+                self._events.log(
+                    logging.ERROR,
+                    "unavailable",
                     "ledger unavailable: %d frame(s) answered with an error, not stored (%s)",
                     len(inbound),
                     first_line(getattr(error, "orig", None) or error),
                 )
                 return [(unavailable_answers(item, reason), False) for item in inbound]
             if len(inbound) == 1:
-                log.error(
+                self._events.log(
+                    logging.ERROR,
+                    "intake-failed",
                     "intake failed for a frame from %s (%s): answered with an error, not stored%s",
                     inbound[0].source_name,
                     type(error).__name__,
@@ -273,8 +281,9 @@ _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.
 _CONNECTION_GONE = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
 ACCEPT_PAUSE_SECONDS = 0.1
 ACCEPT_PAUSE_MAX_SECONDS = 2.0
-#: Connections waiting in the kernel for accept().
-BACKLOG = 128
+#: Connections the kernel may hold for accept(): a burst of connections (a flood, or every
+#: LIS reconnecting after a network cut) must not overflow it and drop ordinary ones.
+BACKLOG = 1024
 
 
 class MllpServer:
