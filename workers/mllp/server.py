@@ -551,13 +551,17 @@ class MllpServer:
             log.info("MLLP %s: connection lost (%s)", connection.peer, type(error).__name__)
         finally:
             if decoder.partial and not connection.dropped:
-                log.warning(
+                self._events.log(
+                    logging.WARNING,
+                    "closed-mid-frame",
                     "MLLP %s closed in the middle of a message: %d bytes dropped, nothing stored",
                     connection.peer,
                     decoder.partial,
                 )
             if decoder.discarded or decoder.interrupted:
-                log.warning(
+                self._events.log(
+                    logging.WARNING,
+                    "outside-frame",
                     "MLLP %s: %d byte(s) outside any frame and %d frame(s) cut short by a new "
                     "start block were dropped",
                     connection.peer,

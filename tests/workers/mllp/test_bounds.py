@@ -180,3 +180,17 @@ def test_unfinished_frames_past_the_budget_are_dropped_largest_first(
     assert _count(ledger, Message) == 2
     lines = [r for r in caplog.records if "MLLP_BUFFER_BYTES" in r.getMessage()]
     assert 1 <= len(lines) <= 2
+
+
+def test_many_connections_closing_mid_message_log_one_line_not_one_each(
+    mllp: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="workers.mllp.server")
+    for number in range(30):
+        with socket.create_connection(("127.0.0.1", mllp.port)) as sock:
+            sock.sendall(b"noise" + START_BLOCK + result_message(f"CUT-{number}")[:100])
+    eventually(lambda: mllp.server.connections == 0)
+    _normal_sender_gets_aa(mllp, "AFTER-CUTS")
+    messages = [record.getMessage() for record in caplog.records]
+    assert 1 <= sum("in the middle of a message" in m for m in messages) <= 2
+    assert 1 <= sum("outside any frame" in m for m in messages) <= 2
