@@ -126,6 +126,14 @@ def make_engine(settings: Settings) -> Engine:
         mode = connection.get_execution_options().get(SQLITE_BEGIN, "")
         connection.exec_driver_sql(f"BEGIN {mode}".strip())
 
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(dbapi_connection: Any, connection_record: Any) -> None:
+        # A COMMIT that fails (a deferred constraint, a full disk) leaves SQLite inside the
+        # transaction, and SQLAlchemy, having issued the COMMIT, does not roll back when the
+        # connection returns to the pool: every later BEGIN on it would fail.
+        if dbapi_connection is not None and dbapi_connection.in_transaction:
+            dbapi_connection.rollback()
+
     return engine
 
 

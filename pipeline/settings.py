@@ -77,6 +77,14 @@ class ServiceSettings:
     broker_url: str = ""
     mllp_host: str = "127.0.0.1"
     mllp_port: int = 2575
+    #: Bounds on what one sender can hold of the MLLP listener (far above any real LIS):
+    #: connections in all and from one address, seconds a frame may take once begun, seconds
+    #: a connection may stay without a frame, and bytes of unanswered frames held in all.
+    mllp_max_connections: int = 500
+    mllp_max_connections_per_peer: int = 50
+    mllp_frame_timeout: float = 300.0
+    mllp_idle_timeout: float = 3600.0
+    mllp_buffer_bytes: int = 256 * 1024 * 1024
     #: Where `labdispatch api serve` listens (the HTTP API, /metrics and the dashboard).
     api_host: str = "127.0.0.1"
     api_port: int = 8080
@@ -185,6 +193,21 @@ class Settings:
                 broker_url=read.text("BROKER_URL"),
                 mllp_host=read.text("MLLP_HOST") or ServiceSettings.mllp_host,
                 mllp_port=read.integer("MLLP_PORT", ServiceSettings.mllp_port),
+                mllp_max_connections=read.integer(
+                    "MLLP_MAX_CONNECTIONS", ServiceSettings.mllp_max_connections
+                ),
+                mllp_max_connections_per_peer=read.integer(
+                    "MLLP_MAX_CONNECTIONS_PER_PEER", ServiceSettings.mllp_max_connections_per_peer
+                ),
+                mllp_frame_timeout=read.number(
+                    "MLLP_FRAME_TIMEOUT", ServiceSettings.mllp_frame_timeout
+                ),
+                mllp_idle_timeout=read.number(
+                    "MLLP_IDLE_TIMEOUT", ServiceSettings.mllp_idle_timeout
+                ),
+                mllp_buffer_bytes=read.integer(
+                    "MLLP_BUFFER_BYTES", ServiceSettings.mllp_buffer_bytes
+                ),
                 api_host=read.text("API_HOST") or ServiceSettings.api_host,
                 api_port=read.integer("API_PORT", ServiceSettings.api_port),
                 batch_size=read.integer("BATCH_SIZE", ServiceSettings.batch_size),

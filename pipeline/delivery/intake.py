@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from pipeline.delivery.record import NEW, Recorded, ToRecord, record_messages
 from pipeline.delivery.routing import RouteReport, route_message
@@ -162,13 +162,16 @@ def quarantine(
     rejection = Rejection(
         received_at=now,
         source=item.source,
-        source_name=item.source_name[:500],
-        laboratory=(msh.components(4)[0] if msh is not None and msh.components(4) else "")[:64],
-        control_id=(msh.field(10) if msh is not None else "")[:199],
+        source_name=_storable(item.source_name, Rejection.source_name),
+        laboratory=_storable(
+            msh.components(4)[0] if msh is not None and msh.components(4) else "",
+            Rejection.laboratory,
+        ),
+        control_id=_storable(msh.field(10) if msh is not None else "", Rejection.control_id),
         ack_code=error.ack_code if error is not None else "AR",
         error=type(error).__name__ if error is not None else "Unreadable",
         hl7_code=error.hl7_code if error is not None else "",
-        reason=error.reason if error is not None else "unreadable",
+        reason=_storable(error.reason if error is not None else "unreadable", Rejection.reason),
         size=len(result.data),
         content_sha256=digest,
         raw_encrypted=blob,
@@ -177,6 +180,15 @@ def quarantine(
     session.add(rejection)
     session.flush()
     return rejection
+
+
+def _storable(text: str, column: InstrumentedAttribute[str]) -> str:
+    """A sender's text as a quarantine column can hold it on every engine: no NUL
+    (PostgreSQL text cannot hold one) and no longer than the column. A refused message's
+    header is whatever the sender wrote; keeping it must never fail the rejection."""
+    text = text.replace("\0", "\ufffd")
+    length = getattr(column.property.columns[0].type, "length", None)
+    return text[:length] if length else text
 
 
 def quarantine_context(digest: str) -> str:

@@ -115,6 +115,13 @@ class InvalidValue(MalformedMessage):
     hl7_text = "Data type error"
 
 
+class FieldTooLong(InvalidValue):
+    """A header field that keys the message is longer than the ledger keeps: refused (AR),
+    never cut short, since a shortened key could merge two laboratories' results."""
+
+    ack_code = "AR"
+
+
 # --- messages we do not handle --------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from pipeline.hl7.decode import DecodedMessage
 from pipeline.hl7.errors import (
     BadDelimiters,
     BrokenLine,
+    FieldTooLong,
     InvalidValue,
     Location,
     MissingField,
@@ -28,6 +29,7 @@ from pipeline.hl7.errors import (
     UnsupportedProcessingId,
     UnsupportedVersion,
 )
+from pipeline.hl7.limits import CONTROL_ID_MAX_CHARACTERS, SENDER_MAX_CHARACTERS
 from pipeline.hl7.segments import SEGMENT_NAME, Delimiters, Segment, locate_offset
 
 SUPPORTED_TYPES = {("ORU", "R01"): "ORU_R01"}
@@ -166,6 +168,29 @@ def _may_hold_controls(decoded: DecodedMessage) -> bool:
     return True
 
 
+def _check_key_lengths(msh: Segment, control_id: str) -> None:
+    """The fields of the message's key fit the ledger (`limits`), or FieldTooLong."""
+    facility = msh.value(4).strip()
+    if facility:
+        sender = (4, "sending facility", facility)
+    else:
+        sender = (
+            3,
+            "sending application, which names the laboratory when MSH-4 is empty",
+            msh.value(3).strip(),
+        )
+    for number, name, value, limit in (
+        (*sender, SENDER_MAX_CHARACTERS),
+        (10, "message control ID", control_id, CONTROL_ID_MAX_CHARACTERS),
+    ):
+        if len(value) > limit:
+            raise FieldTooLong(
+                f"MSH-{number} ({name}) is {len(value)} characters long; at most {limit} are"
+                " accepted",
+                Location("MSH", field=number),
+            )
+
+
 def parse(decoded: DecodedMessage) -> Hl7Message:
     """Check the structure of one decoded message and read its header."""
     text = decoded.text
@@ -198,6 +223,7 @@ def parse(decoded: DecodedMessage) -> Hl7Message:
             " acknowledged or de-duplicated",
             Location("MSH", field=10),
         )
+    _check_key_lengths(msh, control_id)
 
     processing_id = msh.value(11, 1).strip()
     if processing_id and processing_id not in PROCESSING_IDS:

@@ -67,3 +67,32 @@ def test_only_production_results_are_delivered_unless_said_otherwise() -> None:
     )
     with pytest.raises(ConfigurationError, match="among P, T, D"):
         Settings.from_env({"LABDISPATCH_DELIVER_PROCESSING_IDS": "P,X"})
+
+
+def test_mllp_listener_bounds_have_defaults_and_are_read_from_the_environment() -> None:
+    defaults = Settings.from_env({}).service
+    assert (
+        defaults.mllp_max_connections,
+        defaults.mllp_max_connections_per_peer,
+        defaults.mllp_frame_timeout,
+        defaults.mllp_idle_timeout,
+        defaults.mllp_buffer_bytes,
+    ) == (500, 50, 300.0, 3600.0, 256 * 1024 * 1024)
+    service = Settings.from_env(
+        {
+            "LABDISPATCH_MLLP_MAX_CONNECTIONS": "40",
+            "LABDISPATCH_MLLP_MAX_CONNECTIONS_PER_PEER": "4",
+            "LABDISPATCH_MLLP_FRAME_TIMEOUT": "2.5",
+            "LABDISPATCH_MLLP_IDLE_TIMEOUT": "60",
+            "LABDISPATCH_MLLP_BUFFER_BYTES": "1048576",
+        }
+    ).service
+    assert (
+        service.mllp_max_connections,
+        service.mllp_max_connections_per_peer,
+        service.mllp_frame_timeout,
+        service.mllp_idle_timeout,
+        service.mllp_buffer_bytes,
+    ) == (40, 4, 2.5, 60.0, 1048576)
+    with pytest.raises(ConfigurationError, match="MLLP_IDLE_TIMEOUT must be positive"):
+        Settings.from_env({"LABDISPATCH_MLLP_IDLE_TIMEOUT": "0"})

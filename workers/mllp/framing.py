@@ -70,6 +70,19 @@ class FrameDecoder:
             return self._oversized.size
         return len(self._buffer) if self._in_frame else 0
 
+    @property
+    def in_frame(self) -> bool:
+        """A start block was read and its end block not yet."""
+        return self._in_frame
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held in memory for the frame in progress (an oversized frame keeps its
+        head only)."""
+        if self._oversized is not None:
+            return len(self._oversized.head)
+        return len(self._buffer)
+
     def feed(self, data: bytes) -> list[Item]:
         items: list[Item] = []
         view = memoryview(data)
@@ -125,6 +138,10 @@ class FrameDecoder:
         item: Item = self._oversized if self._oversized is not None else bytes(self._buffer)
         self._reset()
         return item
+
+    def drop(self) -> None:
+        """Forget the frame in progress (the connection is being closed)."""
+        self._reset()
 
     def _reset(self) -> None:
         self._buffer = bytearray()

@@ -11,17 +11,29 @@ A connection writes its ACKs in the order its frames arrived, however the batche
 When the commit fails (the ledger is down), every frame of the batch gets an error ACK
 (AE, enhanced mode CE) saying it was not stored: the LIS keeps it and sends it again.
 Nothing here logs message content: peers, counts and control IDs only.
+
+What a sender can hold is bounded (`workers.mllp.limits`): connections in all and per
+address (past them a connection is closed at once), a frame's time to finish once begun, a
+connection's time without a message, and the bytes held for frames not yet answered (past
+the budget the largest unfinished frames are dropped). The listener accepts connections
+itself, so running out of file descriptors pauses accepting instead of spinning on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import queue
+import resource
 import signal
+import socket
 import threading
 import time
+import traceback
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,8 +54,8 @@ from workers.mllp.framing import (
     FrameDecoder,
     OversizedFrame,
     frame,
-    read_frames,
 )
+from workers.mllp.limits import RESERVED_FILE_DESCRIPTORS, ListenerLimits, RateLimitedLog
 
 #: How long the committer waits for more frames once it holds one: a little latency for
 #: far fewer commits when many connections are busy.
@@ -103,6 +115,8 @@ class GroupCommitter:
         self._linger = linger
         self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="mllp-committer", daemon=True)
+        #: Used on the committer's thread only: an outage repeats its line once per 10 s.
+        self._events = RateLimitedLog(log)
         self.batches = 0  # commits attempted, for tests and curiosity
 
     def start(self) -> None:
@@ -141,7 +155,7 @@ class GroupCommitter:
             try:
                 self._commit(batch)
             except Exception as error:  # a bug: never leave a connection waiting forever
-                log.error("MLLP committer failed (%s)", type(error).__name__, exc_info=True)
+                log.error("MLLP committer failed (%s)%s", type(error).__name__, debug_trace(error))
                 self._loop.call_soon_threadsafe(_fail, batch, error)
 
     def _commit(self, batch: list[_Pending]) -> None:
@@ -159,11 +173,13 @@ class GroupCommitter:
             try:
                 self._after_commit(route)
             except Exception as error:
-                log.error(
-                    "after-commit hook failed for %d message(s) (%s); reconcile will route them",
+                self._events.log(
+                    logging.ERROR,
+                    "after-commit",
+                    "after-commit hook failed for %d message(s) (%s); reconcile will route them%s",
                     len(route),
                     type(error).__name__,
-                    exc_info=True,
+                    debug_trace(error),
                 )
 
     def _store(self, inbound: Sequence[Inbound]) -> list[tuple[list[Answer], bool]]:
@@ -181,21 +197,36 @@ class GroupCommitter:
         except Exception as error:
             reason = UNAVAILABLE_REASON if isinstance(error, DBAPIError) else FAILED_REASON
             if ledger_unreachable(error):
-                log.error(
+                self._events.log(
+                    logging.ERROR,
+                    "unavailable",
                     "ledger unavailable: %d frame(s) answered with an error, not stored (%s)",
                     len(inbound),
                     first_line(getattr(error, "orig", None) or error),
                 )
                 return [(unavailable_answers(item, reason), False) for item in inbound]
             if len(inbound) == 1:
-                log.error(
-                    "intake failed for a frame from %s (%s): answered with an error, not stored",
+                self._events.log(
+                    logging.ERROR,
+                    "intake-failed",
+                    "intake failed for a frame from %s (%s): answered with an error, not stored%s",
                     inbound[0].source_name,
                     type(error).__name__,
-                    exc_info=True,
+                    debug_trace(error),
                 )
                 return [(unavailable_answers(inbound[0], reason), False)]
         return [self._store([item])[0] for item in inbound]
+
+
+def debug_trace(error: BaseException) -> str:
+    """Where an error came from, for the log, under LABDISPATCH_DEBUG=1 only: the frames
+    (file, line, function), never the exception's text, which may quote a result."""
+    if os.environ.get("LABDISPATCH_DEBUG") != "1":
+        return ""
+    frames = traceback.extract_tb(error.__traceback__)
+    return "; raised at " + " <- ".join(
+        f"{frame.filename}:{frame.lineno} in {frame.name}" for frame in reversed(frames)
+    )
 
 
 def ledger_unreachable(error: BaseException) -> bool:
@@ -223,13 +254,36 @@ class _Connection:
     peer: str
     writer: asyncio.StreamWriter
     window: asyncio.Semaphore
-    pending: asyncio.Queue[asyncio.Future[list[Answer]] | bytes | None] = field(
+    #: What to write next, in order: an ACK to come (the committer's answer) or ready bytes,
+    #: with the size of the frame it answers (released from the budget once written).
+    pending: asyncio.Queue[tuple[asyncio.Future[list[Answer]] | bytes | None, int]] = field(
         default_factory=asyncio.Queue
     )
     reading: asyncio.Task[None] | None = None
+    decoder: FrameDecoder | None = None
     frames: int = 0
     acks: int = 0
     broken: bool = False
+    #: Dropped by the listener (budget): stop reading at once.
+    dropped: bool = False
+    #: Bytes of the unfinished frame held, and of frames read and not yet answered.
+    partial: int = 0
+    unanswered: int = 0
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Event-loop time of the last frame read or ACK written (the idle timeout runs from it).
+    last_activity: float = 0.0
+
+
+#: accept() errors that mean "out of file descriptors or memory right now": pause accepting
+#: (the pending connections wait in the kernel's queue) rather than spin on them.
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: accept() errors about one connection that went away before it was taken: skip it.
+_CONNECTION_GONE = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
+ACCEPT_PAUSE_SECONDS = 0.1
+ACCEPT_PAUSE_MAX_SECONDS = 2.0
+#: Connections the kernel may hold for accept(): a burst of connections (a flood, or every
+#: LIS reconnecting after a network cut) must not overflow it and drop ordinary ones.
+BACKLOG = 1024
 
 
 class MllpServer:
@@ -237,7 +291,10 @@ class MllpServer:
 
     `start` binds (port 0 picks a free port, read it back from `port`); `close` stops
     accepting, stops reading, lets every frame already read be committed and answered,
-    then closes the connections and the committer."""
+    then closes the connections and the committer. `limits` bound what senders can hold
+    (`workers.mllp.limits`): a connection over a cap is closed at once, a frame not
+    finished in time or a connection idle too long is closed, and past the buffer budget
+    the largest unfinished frames are dropped (their LIS sends them again)."""
 
     def __init__(
         self,
@@ -250,6 +307,7 @@ class MllpServer:
         max_frame_bytes: int = DEFAULT_MAX_BYTES,
         window: int = DEFAULT_WINDOW,
         grace: float = DEFAULT_GRACE_SECONDS,
+        limits: ListenerLimits | None = None,
     ) -> None:
         self._sessions = sessions
         self._services = services
@@ -259,10 +317,19 @@ class MllpServer:
         self._max_frame_bytes = max_frame_bytes
         self._window = window
         self._grace = grace
-        self._server: asyncio.Server | None = None
+        self.limits = limits or ListenerLimits()
+        #: Never below one whole frame: a frame the listener accepts must fit.
+        self._budget = max(self.limits.buffer_bytes, max_frame_bytes + READ_SIZE)
+        self._listeners: list[socket.socket] = []
+        self._accepting: list[asyncio.Task[None]] = []
         self._committer: GroupCommitter | None = None
         self._connections: set[_Connection] = set()
         self._handlers: set[asyncio.Task[Any]] = set()
+        self._open = 0
+        self._per_peer: Counter[str] = Counter()
+        #: Bytes held for senders: unfinished frames, and frames not yet answered.
+        self.held = 0
+        self._events = RateLimitedLog(log)
         self._closed = asyncio.Event()
         self._closing = False
 
@@ -276,24 +343,26 @@ class MllpServer:
             max_batch=self._max_batch,
             linger=self._linger,
         )
-        try:
-            self._server = await asyncio.start_server(self._handle, host, port)
-        except OSError as error:
-            raise ListenerError(
-                f"cannot listen for MLLP on {host}:{port}: {error.strerror or error}"
-            ) from error
+        _make_room_for(self.limits.max_connections)
+        self._listeners = _bind(host, port)
         self._committer.start()
+        self._accepting = [loop.create_task(self._accept(sock)) for sock in self._listeners]
 
     @property
     def port(self) -> int:
-        assert self._server is not None, "start() first"
-        port: int = self._server.sockets[0].getsockname()[1]
+        assert self._listeners, "start() first"
+        port: int = self._listeners[0].getsockname()[1]
         return port
 
     @property
     def committer(self) -> GroupCommitter:
         assert self._committer is not None, "start() first"
         return self._committer
+
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return self._open
 
     async def serve_forever(self) -> None:
         """Wait until `close` has finished."""
@@ -304,8 +373,11 @@ class MllpServer:
             await self._closed.wait()
             return
         self._closing = True
-        if self._server is not None:
-            self._server.close()  # no new connections
+        for task in self._accepting:
+            task.cancel()  # no new connections
+        await asyncio.gather(*self._accepting, return_exceptions=True)
+        for sock in self._listeners:
+            sock.close()
         for connection in list(self._connections):
             if connection.reading is not None:
                 connection.reading.cancel()  # frames already read are still answered
@@ -318,17 +390,83 @@ class MllpServer:
                 await asyncio.wait(late)
         if self._committer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._committer.stop)
-        if self._server is not None:
-            await self._server.wait_closed()
         self._closed.set()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    # --- accepting ---------------------------------------------------------------------------
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        pause = ACCEPT_PAUSE_SECONDS
+        while True:
+            try:
+                sock, address = await loop.sock_accept(listener)
+            except OSError as error:
+                if error.errno in _CONNECTION_GONE:
+                    continue
+                # Out of descriptors (or another error we cannot fix from here): pause,
+                # longer each time it repeats, so the loop never spins on it.
+                self._events.log(
+                    logging.ERROR,
+                    "accept",
+                    "MLLP: cannot accept connections (%s); accepting again in %.1f s. "
+                    "Raise the open-file limit or lower LABDISPATCH_MLLP_MAX_CONNECTIONS",
+                    error.strerror or type(error).__name__,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, ACCEPT_PAUSE_MAX_SECONDS)
+                continue
+            pause = ACCEPT_PAUSE_SECONDS
+            self._admit(sock, address)
+
+    def _admit(self, sock: socket.socket, address: Any) -> None:
+        host = str(address[0]) if isinstance(address, tuple) else str(address)
+        refusal = ""
+        if self._open >= self.limits.max_connections:
+            refusal = (
+                f"{self._open} connections open, the most this listener takes "
+                "(LABDISPATCH_MLLP_MAX_CONNECTIONS)"
+            )
+        elif self._per_peer[host] >= self.limits.max_connections_per_peer:
+            refusal = (
+                f"{self._per_peer[host]} connections from {host} open, the most one address "
+                "may have (LABDISPATCH_MLLP_MAX_CONNECTIONS_PER_PEER)"
+            )
+        if refusal:
+            sock.close()
+            self._events.log(
+                logging.WARNING, "cap", "MLLP: connection from %s closed: %s", host, refusal
+            )
+            return
+        self._open += 1
+        self._per_peer[host] += 1
+        task = asyncio.get_running_loop().create_task(self._serve_socket(sock, host))
         self._handlers.add(task)
+
+    async def _serve_socket(self, sock: socket.socket, host: str) -> None:
+        task = asyncio.current_task()
+        try:
+            try:
+                reader, writer = await asyncio.open_connection(sock=sock)
+            except OSError:
+                sock.close()
+                return
+            await self._handle(reader, writer)
+        finally:
+            self._open -= 1
+            self._per_peer[host] -= 1
+            if not self._per_peer[host]:
+                del self._per_peer[host]
+            self._handlers.discard(task)
+
+    # --- one connection --------------------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         address = writer.get_extra_info("peername")
         peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
         connection = _Connection(peer, writer, asyncio.Semaphore(self._window))
+        connection.last_activity = asyncio.get_running_loop().time()
+        connection.drained.set()
         self._connections.add(connection)
         log.info("MLLP connection from %s", peer)
         try:
@@ -343,13 +481,13 @@ class MllpServer:
                     peer,
                     type(connection.reading.exception()).__name__,
                 )
-            connection.pending.put_nowait(None)
+            connection.pending.put_nowait((None, 0))
             await sender
             if self._closing and not connection.broken:
                 await _linger(reader, writer)
         finally:
             self._connections.discard(connection)
-            self._handlers.discard(task)
+            self._hold_partial(connection, 0)
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
@@ -361,39 +499,156 @@ class MllpServer:
             )
 
     async def _read(self, connection: _Connection, reader: asyncio.StreamReader) -> None:
-        decoder = FrameDecoder(self._max_frame_bytes)
+        decoder = connection.decoder = FrameDecoder(self._max_frame_bytes)
+        loop = asyncio.get_running_loop()
+        frame_started = loop.time()
         try:
-            async for item in read_frames(reader, decoder, peer=connection.peer):
-                await connection.window.acquire()
-                # No await from here to the queue: a shutdown cancelling the read never
-                # separates a submitted frame from its place in the ACK order.
-                connection.frames += 1
-                if isinstance(item, OversizedFrame):
-                    ack = _oversized_ack(item, connection.peer)
-                    if ack is None:
-                        connection.window.release()
-                    else:
-                        connection.pending.put_nowait(ack)
+            while not connection.dropped:
+                await self._room_in_budget(connection)
+                if decoder.in_frame:
+                    remaining = frame_started + self.limits.frame_timeout - loop.time()
+                elif connection.unanswered:
+                    remaining = self.limits.idle_timeout  # waiting for our ACKs: not idle
+                else:
+                    remaining = connection.last_activity + self.limits.idle_timeout - loop.time()
+                if remaining <= 0:
+                    self._timed_out(connection, decoder)
+                    break
+                try:
+                    async with asyncio.timeout(remaining):
+                        data = await reader.read(READ_SIZE)
+                except TimeoutError:
                     continue
-                connection.pending.put_nowait(
-                    self.committer.submit(Inbound(item, "mllp", connection.peer))
-                )
+                if not data or connection.dropped:
+                    break
+                was_in_frame = decoder.in_frame
+                items = decoder.feed(data)
+                now = loop.time()
+                if items:
+                    connection.last_activity = now
+                if decoder.in_frame and (items or not was_in_frame):
+                    frame_started = now
+                self._hold_partial(connection, decoder.buffered)
+                for item in items:
+                    await connection.window.acquire()
+                    # No await from here to the queue: a shutdown cancelling the read never
+                    # separates a submitted frame from its place in the ACK order.
+                    connection.frames += 1
+                    if isinstance(item, OversizedFrame):
+                        ack = _oversized_ack(item, connection.peer)
+                        if ack is None:
+                            connection.window.release()
+                        else:
+                            connection.pending.put_nowait((ack, 0))
+                        continue
+                    self._hold_unanswered(connection, len(item))
+                    connection.pending.put_nowait(
+                        (self.committer.submit(Inbound(item, "mllp", connection.peer)), len(item))
+                    )
+                if self.held > self._budget:
+                    self._shed()
         except (ConnectionError, OSError) as error:
             log.info("MLLP %s: connection lost (%s)", connection.peer, type(error).__name__)
         finally:
+            if decoder.partial and not connection.dropped:
+                self._events.log(
+                    logging.WARNING,
+                    "closed-mid-frame",
+                    "MLLP %s closed in the middle of a message: %d bytes dropped, nothing stored",
+                    connection.peer,
+                    decoder.partial,
+                )
             if decoder.discarded or decoder.interrupted:
-                log.warning(
+                self._events.log(
+                    logging.WARNING,
+                    "outside-frame",
                     "MLLP %s: %d byte(s) outside any frame and %d frame(s) cut short by a new "
                     "start block were dropped",
                     connection.peer,
                     decoder.discarded,
                     decoder.interrupted,
                 )
+            decoder.drop()
+            self._hold_partial(connection, 0)
+
+    def _timed_out(self, connection: _Connection, decoder: FrameDecoder) -> None:
+        if decoder.in_frame:
+            self._events.log(
+                logging.WARNING,
+                "frame-timeout",
+                "MLLP %s: a message begun more than %g s ago is still not complete "
+                "(LABDISPATCH_MLLP_FRAME_TIMEOUT): connection closed, nothing stored",
+                connection.peer,
+                self.limits.frame_timeout,
+            )
+            connection.dropped = True  # its partial bytes are not "closed by the LIS"
+        else:
+            self._events.log(
+                logging.INFO,
+                "idle-timeout",
+                "MLLP %s: no message for %g s (LABDISPATCH_MLLP_IDLE_TIMEOUT): connection closed",
+                connection.peer,
+                self.limits.idle_timeout,
+            )
+
+    # --- the buffer budget -------------------------------------------------------------------
+
+    def _hold_partial(self, connection: _Connection, size: int) -> None:
+        self.held += size - connection.partial
+        connection.partial = size
+
+    def _hold_unanswered(self, connection: _Connection, size: int) -> None:
+        self.held += size
+        connection.unanswered += size
+        if connection.unanswered:
+            connection.drained.clear()
+
+    def _release_unanswered(self, connection: _Connection, size: int) -> None:
+        self.held -= size
+        connection.unanswered -= size
+        if not connection.unanswered:
+            connection.drained.set()
+
+    async def _room_in_budget(self, connection: _Connection) -> None:
+        """Over the budget, a connection with frames waiting for their ACK reads no more
+        until they are answered (TCP pushes back on its LIS); answering needs nothing from
+        the LIS but reading its ACKs, which the ACK timeout bounds."""
+        while self.held > self._budget and connection.unanswered and not connection.dropped:
+            await connection.drained.wait()
+
+    def _shed(self) -> None:
+        """Back under the budget: drop the connections holding the largest unfinished
+        frames first (an ordinary LIS's frame is small; the one holding most goes)."""
+        holders = sorted(
+            (c for c in self._connections if c.partial and not c.dropped),
+            key=lambda c: c.partial,
+            reverse=True,
+        )
+        for victim in holders:
+            if self.held <= self._budget:
+                break
+            self._events.log(
+                logging.WARNING,
+                "budget",
+                "MLLP %s: connection dropped with %d bytes of an unfinished message: the "
+                "listener held %d bytes for its senders, over its budget of %d "
+                "(LABDISPATCH_MLLP_BUFFER_BYTES); nothing of it was stored",
+                victim.peer,
+                victim.partial,
+                self.held,
+                self._budget,
+            )
+            victim.dropped = True
+            if victim.decoder is not None:
+                victim.decoder.drop()
+            self._hold_partial(victim, 0)
+            victim.writer.transport.abort()
 
     async def _send_acks(self, connection: _Connection) -> None:
         writer = connection.writer
+        loop = asyncio.get_running_loop()
         while True:
-            item = await connection.pending.get()
+            item, size = await connection.pending.get()
             if item is None:
                 break
             try:
@@ -407,6 +662,7 @@ class MllpServer:
                 acks = []
             finally:
                 connection.window.release()
+                self._release_unanswered(connection, size)
             if connection.broken or writer.is_closing():
                 connection.broken = True
                 continue
@@ -414,9 +670,71 @@ class MllpServer:
                 writer.write(frame(ack))
             connection.acks += len(acks)
             try:
-                await writer.drain()  # at once when the LIS reads; waits when it does not
+                # At once when the LIS reads; waits when it does not, for a while only.
+                async with asyncio.timeout(self.limits.frame_timeout):
+                    await writer.drain()
+            except TimeoutError:
+                self._events.log(
+                    logging.WARNING,
+                    "ack-timeout",
+                    "MLLP %s: its ACKs went unread for %g s (LABDISPATCH_MLLP_FRAME_TIMEOUT): "
+                    "connection closed",
+                    connection.peer,
+                    self.limits.frame_timeout,
+                )
+                connection.broken = True
+                writer.transport.abort()
             except (ConnectionError, OSError):
                 connection.broken = True  # the LIS went away: it resends what has no ACK
+            connection.last_activity = loop.time()
+
+
+def _bind(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address `host` names (as asyncio's own server binds)."""
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as error:
+        raise ListenerError(f"cannot listen for MLLP on {host}:{port}: {error.strerror}") from error
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except OSError as error:
+        for sock in sockets:
+            sock.close()
+        raise ListenerError(
+            f"cannot listen for MLLP on {host}:{port}: {error.strerror or error}"
+        ) from error
+    return sockets
+
+
+def _make_room_for(connections: int) -> None:
+    """Raise the open-file limit to what `connections` need, as far as the hard limit lets
+    a process; warn when it stays short (accept() would then fail before the cap)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = connections + RESERVED_FILE_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "MLLP: the open-file limit (%d) is below what %d connections need (%d); "
+            "raise it (LimitNOFILE) or lower LABDISPATCH_MLLP_MAX_CONNECTIONS",
+            soft,
+            connections,
+            needed,
+        )
 
 
 def _acks(answers: list[Answer]) -> list[bytes]:
@@ -476,6 +794,7 @@ def run_mllp_server(
                     port if port is not None else settings.service.mllp_port,
                     settings.service.batch_size,
                     ready,
+                    ListenerLimits.from_settings(settings.service),
                 )
             )
     finally:
@@ -492,8 +811,11 @@ async def _serve(
     port: int,
     batch_size: int,
     ready: Callable[[str, int], None] | None,
+    limits: ListenerLimits,
 ) -> int:
-    server = MllpServer(sessions, services, after_commit=after_commit, max_batch=batch_size)
+    server = MllpServer(
+        sessions, services, after_commit=after_commit, max_batch=batch_size, limits=limits
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

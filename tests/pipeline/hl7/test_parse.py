@@ -10,6 +10,7 @@ from pipeline.hl7.decode import DecodedMessage, decode_message, split_messages
 from pipeline.hl7.errors import (
     BadDelimiters,
     BrokenLine,
+    FieldTooLong,
     IntakeError,
     InvalidValue,
     MissingField,
@@ -23,6 +24,7 @@ from pipeline.hl7.errors import (
 )
 from pipeline.hl7.intake import read_results
 from pipeline.hl7.parse import Hl7Message, parse, read_delimiters
+from pipeline.ledger.models import Message
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "hl7"
 
@@ -376,3 +378,33 @@ def test_unsupported_version_reported_before_unknown_segment() -> None:
 def test_message_type_checked_before_control_id() -> None:
     with pytest.raises(UnsupportedMessageType):
         parse_text(oru(header=msh(message_type="ADT^A01", control="")))
+
+
+@pytest.mark.parametrize(
+    ("head", "field", "limit"),
+    [
+        (msh().replace("|LAB|", "|" + "L" * 65 + "|", 1), 4, 64),
+        (msh().replace("|APP|LAB|", "|" + "A" * 65 + "||", 1), 3, 64),
+        (msh(control="C" * 200), 10, 199),
+    ],
+    ids=["MSH-4", "MSH-3-without-MSH-4", "MSH-10"],
+)
+def test_key_fields_longer_than_the_ledger_keeps_are_refused_with_ar(
+    head: str, field: int, limit: int
+) -> None:
+    with pytest.raises(FieldTooLong) as caught:
+        parse_text(text_of(head, *BODY))
+    assert caught.value.ack_code == "AR"
+    assert caught.value.location is not None and caught.value.location.field == field
+    assert f"MSH-{field} " in caught.value.reason and f"at most {limit} " in caught.value.reason
+
+
+def test_key_field_limits_are_the_ledger_columns() -> None:
+    """One source of truth: a longer column is a longer accepted field."""
+    assert Message.__table__.c.laboratory.type.length == 64  # type: ignore[attr-defined]
+    assert Message.__table__.c.control_id.type.length == 199  # type: ignore[attr-defined]
+    at_limit = msh(control="C" * 199).replace("|LAB|", "|" + "L" * 64 + "|", 1)
+    message = parse_text(text_of(at_limit, *BODY))
+    assert message.control_id == "C" * 199
+    # A long MSH-3 is fine when MSH-4 names the laboratory (MSH-3 is not the key then).
+    parse_text(text_of(msh().replace("|APP|", "|" + "A" * 100 + "|", 1), *BODY))
