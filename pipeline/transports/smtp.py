@@ -12,6 +12,12 @@ nothing about the envelope — the relay unreachable, TLS refused, our credentia
 are `TRANSIENT`: the envelope is fine, the relay needs fixing, and the circuit breaker groups
 them by `destination`.
 
+A batch (`send_many`) goes on that connection too, pipelined when the relay offers
+PIPELINING (RFC 2920): smtplib opens, secures and authenticates the connection, then
+`smtp_wire.SmtpWire` writes each envelope's MAIL, RCPT and DATA together with the data of the
+envelope before and reads the replies in order — one round trip per envelope where smtplib
+takes four. `send` is a batch of one.
+
 Not thread-safe: one transport per worker thread, as `smtplib.SMTP` itself.
 """
 
@@ -492,7 +498,9 @@ def _reply_text(code: int, reply: bytes | str) -> str:
     """The relay's reply as one line: smtplib joins multi-line replies with LF."""
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    flat = "".join(c if c.isprintable() else " " for c in " / ".join(lines))
+    flat = " / ".join(lines)
+    if not flat.isprintable():  # one C pass; the usual reply needs no more
+        flat = "".join(c if c.isprintable() else " " for c in flat)
     return f"{code} {flat}"[:_MAX_EVIDENCE]
 
 

@@ -342,6 +342,60 @@ def test_a_reply_that_is_not_smtp_or_too_long_is_transient_and_bounded() -> None
     )
 
 
+def test_data_going_ahead_after_a_refused_recipient_is_ended_with_a_lone_dot() -> None:
+    """RFC 2920 3.1: a relay that answers 354 to a pipelined DATA although the recipient
+    was refused gets a lone dot, no message; the batch goes on."""
+    seen: list[bytes] = []
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+
+        def relay() -> None:
+            connection, _ = server.accept()
+            with connection, connection.makefile("rb") as lines:
+                connection.sendall(b"220 lax.test ESMTP\r\n")
+                in_data = refused = False
+                for line in lines:
+                    seen.append(line)
+                    if in_data:
+                        if line == b".\r\n":
+                            in_data = False
+                            reply = b"554 5.5.1 no valid recipients" if refused else b"250 ok"
+                            connection.sendall(reply + b"\r\n")
+                        continue
+                    verb = line[:4].upper()
+                    if verb == b"EHLO":
+                        connection.sendall(b"250-lax.test\r\n250 PIPELINING\r\n")
+                    elif verb == b"RCPT":
+                        refused = b"nobody@" in line
+                        connection.sendall(b"550 5.1.1 unknown\r\n" if refused else b"250 ok\r\n")
+                    elif verb == b"DATA":
+                        in_data = True
+                        connection.sendall(b"354 go ahead\r\n")  # whatever RCPT got
+                    elif verb == b"QUIT":
+                        connection.sendall(b"221 bye\r\n")
+                        return
+                    else:
+                        connection.sendall(b"250 ok\r\n")
+
+        thread = threading.Thread(target=relay)
+        thread.start()
+        try:
+            with SmtpTransport(SmtpConfig("127.0.0.1", port, tls="none", timeout=5)) as smtp:
+                results = smtp.send_many(
+                    [envelope(1, recipient="nobody@cabinet.example"), envelope(2)]
+                )
+        finally:
+            thread.join(timeout=10)
+
+    assert [(r.outcome, r.evidence) for r in results] == [
+        (Outcome.PERMANENT, "RCPT: 550 5.1.1 unknown"),
+        (Outcome.ACCEPTED, "250 ok"),
+    ]
+    data_of_first = seen[seen.index(b"DATA\r\n") + 1]
+    assert data_of_first == b".\r\n"  # no byte of the message
+    assert seen[seen.index(b"DATA\r\n") + 2] == b"RSET\r\n"
+
+
 # --- TLS and AUTH -------------------------------------------------------------------------------
 
 
