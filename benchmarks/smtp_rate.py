@@ -17,6 +17,8 @@ CPU, not ours, sets the wall time. Read the client CPU column for what pipelinin
 the round-trips column for what it saves the network.
 
     python benchmarks/smtp_rate.py [--count 2000] [--size 4] [--batch 100]
+    python benchmarks/smtp_rate.py --relay 127.0.0.1:2525   # any running receiver instead
+                                                            # (no relay CPU or reads then)
 """
 
 from __future__ import annotations
@@ -157,9 +159,9 @@ def envelopes(count: int, size: int) -> list[Envelope]:
     ]
 
 
-def with_smtplib(port: int, sent: list[Envelope], batch: int) -> None:
+def with_smtplib(host: str, port: int, sent: list[Envelope], batch: int) -> None:
     """The transaction as the transport wrote it with smtplib: each command waits."""
-    smtp = smtplib.SMTP("127.0.0.1", port, local_hostname="bench.test", timeout=30)
+    smtp = smtplib.SMTP(host, port, local_hostname="bench.test", timeout=30)
     try:
         smtp.ehlo()
         for envelope in sent:
@@ -171,47 +173,54 @@ def with_smtplib(port: int, sent: list[Envelope], batch: int) -> None:
         smtp.quit()
 
 
-def with_send(port: int, sent: list[Envelope], batch: int) -> None:
-    with SmtpTransport(config(port)) as transport:
+def with_send(host: str, port: int, sent: list[Envelope], batch: int) -> None:
+    with SmtpTransport(config(host, port)) as transport:
         for envelope in sent:
             result = transport.send(envelope)
             assert result.accepted, result.evidence
 
 
-def with_send_many(port: int, sent: list[Envelope], batch: int) -> None:
-    with SmtpTransport(config(port)) as transport:
+def with_send_many(host: str, port: int, sent: list[Envelope], batch: int) -> None:
+    with SmtpTransport(config(host, port)) as transport:
         for start in range(0, len(sent), batch):
             for result in transport.send_many(sent[start : start + batch]):
                 assert result.accepted, result.evidence
 
 
-def config(port: int) -> SmtpConfig:
-    return SmtpConfig("127.0.0.1", port, tls="none", local_hostname="bench.test")
+def config(host: str, port: int) -> SmtpConfig:
+    return SmtpConfig(host, port, tls="none", local_hostname="bench.test")
+
+
+Run = Callable[[str, int, list[Envelope], int], None]
 
 
 def measure(
-    relay: RelayProcess,
+    relay: RelayProcess | None,
     label: str,
-    port: int,
-    run: Callable[[int, list[Envelope], int], None],
+    address: tuple[str, int],
+    run: Run,
     sent: list[Envelope],
     batch: int,
 ) -> None:
-    messages_before, bytes_before, reads_before = relay.counters()
-    relay_cpu = relay.cpu()
+    """One run; the relay's CPU and reads, and a check that it received exactly what was
+    sent, when the relay is ours."""
+    before = relay.counters() if relay else (0, 0, 0)
+    relay_cpu = relay.cpu() if relay else 0.0
     start, cpu_start = time.perf_counter(), time.process_time()
-    run(port, sent, batch)
+    run(*address, sent, batch)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    relay_cpu = relay.cpu() - relay_cpu
-    messages, received, reads = relay.counters()
     count = len(sent)
-    assert (messages - messages_before, received - bytes_before) == (
-        count,
-        sum(len(e.data) for e in sent),
-    ), "the relay did not receive exactly what was sent"
+    relay_figures = f"{'-':>9} {'-':>8}"
+    if relay is not None:
+        relay_cpu = relay.cpu() - relay_cpu
+        messages, received, reads = relay.counters()
+        assert (messages - before[0], received - before[1]) == (
+            count,
+            sum(len(e.data) for e in sent),
+        ), "the relay did not receive exactly what was sent"
+        relay_figures = f"{relay_cpu / count * 1e3:>9.3f} {(reads - before[2]) / count:>8.2f}"
     print(
-        f"{label:<40} {wall / count * 1e3:>8.3f} {cpu / count * 1e3:>9.3f} "
-        f"{relay_cpu / count * 1e3:>9.3f} {(reads - reads_before) / count:>8.2f} "
+        f"{label:<40} {wall / count * 1e3:>8.3f} {cpu / count * 1e3:>9.3f} {relay_figures} "
         f"{count / wall:>8.0f}"
     )
 
@@ -221,6 +230,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000, help="envelopes per run")
     parser.add_argument("--size", type=int, default=4, help="envelope size in KB")
     parser.add_argument("--batch", type=int, default=100, help="envelopes per send_many")
+    parser.add_argument("--relay", help="HOST:PORT of a running receiver to use instead")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -228,28 +238,42 @@ def main() -> None:
         return
 
     sent = envelopes(args.count, args.size * 1024)
-    relay = RelayProcess()
-    try:
-        print(
-            f"aiosmtpd relays in a subprocess on 127.0.0.1; {args.count} envelopes of "
-            f"~{args.size} KB per run, one connection per run; figures per envelope"
-        )
-        print(
-            f"{'run':<40} {'wall ms':>8} {'our CPU':>9} {'relay CPU':>9} {'reads':>8} {'env/s':>8}"
-        )
-        pipelining, plain = relay.pipelining_port, relay.plain_port
-        runs: list[tuple[str, int, Callable[[int, list[Envelope], int], None]]] = [
+    relay: RelayProcess | None = None
+    if args.relay:
+        host, _, port = args.relay.rpartition(":")
+        pipelining = plain = (host.strip("[]"), int(port))
+        what = f"the receiver at {args.relay} (PIPELINING as it offers)"
+        runs: list[tuple[str, tuple[str, int], Run]] = [
+            ("smtplib, one command at a time (before)", plain, with_smtplib),
+            ("send(), one at a time", plain, with_send),
+            (f"send_many({args.batch})", pipelining, with_send_many),
+        ]
+    else:
+        relay = RelayProcess()
+        pipelining = ("127.0.0.1", relay.pipelining_port)
+        plain = ("127.0.0.1", relay.plain_port)
+        what = "aiosmtpd relays in a subprocess on 127.0.0.1"
+        runs = [
             ("smtplib, one command at a time (before)", plain, with_smtplib),
             ("send(), PIPELINING not offered", plain, with_send),
             ("send(), PIPELINING offered", pipelining, with_send),
             (f"send_many({args.batch}), PIPELINING not offered", plain, with_send_many),
             (f"send_many({args.batch}), PIPELINING offered", pipelining, with_send_many),
         ]
-        with_send_many(pipelining, sent[:50], args.batch)  # warm up both sides
-        for label, port, run in runs:
-            measure(relay, label, port, run, sent, args.batch)
+    try:
+        print(
+            f"{what}; {args.count} envelopes of ~{args.size} KB per run, one connection per "
+            "run; figures per envelope"
+        )
+        print(
+            f"{'run':<40} {'wall ms':>8} {'our CPU':>9} {'relay CPU':>9} {'reads':>8} {'env/s':>8}"
+        )
+        with_send_many(*pipelining, sent[:50], args.batch)  # warm up both sides
+        for label, address, run in runs:
+            measure(relay, label, address, run, sent, args.batch)
     finally:
-        relay.stop()
+        if relay is not None:
+            relay.stop()
 
 
 if __name__ == "__main__":

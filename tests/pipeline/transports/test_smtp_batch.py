@@ -124,12 +124,10 @@ def test_dsn_and_size_parameters_are_those_of_send(start_relay: RelayFactory) ->
     first, second = relay.handler.messages
     assert first.mail_options == [f"SIZE={len(sent[0].data)}"]
     assert second.mail_options == [f"SIZE={len(sent[1].data)}"]
-    # One DSN record per connection in the test relay: the last envelope's values.
-    assert first.dsn == {
-        "ENVID": "delivery+2B42+3Da+20b",
-        "RET": "HDRS",
-        "NOTIFY": "SUCCESS,FAILURE,DELAY",
-    }
+    # The relay copies its DSN record at each DATA, before it reads the next MAIL.
+    dsn = {"RET": "HDRS", "NOTIFY": "SUCCESS,FAILURE,DELAY"}
+    assert first.dsn == {"ENVID": "delivery+2B42+3Da+20b", **dsn}
+    assert second.dsn == {"ENVID": "delivery-2", **dsn}
 
 
 # --- refusals in a batch ------------------------------------------------------------------------
