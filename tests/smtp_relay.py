@@ -43,16 +43,24 @@ class RelayHandler:
 
     messages: list[ReceivedMail] = field(default_factory=list)
     connections: int = 0
-    #: Replies for the next MAIL commands, one per envelope, in order ("421 ..." closes).
-    mail_replies: list[str] = field(default_factory=list)
+    #: Replies for the next MAIL commands, one per envelope, in order ("421 ..." closes,
+    #: "drop" vanishes without a word, None accepts).
+    mail_replies: list[str | None] = field(default_factory=list)
     #: Reply to RCPT per recipient address.
     rcpt_replies: dict[str, str] = field(default_factory=dict)
-    #: Final replies for the next DATA transactions, in order.
-    data_replies: list[str] = field(default_factory=list)
+    #: Final replies for the next DATA transactions, in order ("drop" vanishes after
+    #: reading the data, None accepts).
+    data_replies: list[str | None] = field(default_factory=list)
     #: Drop the connection, answering nothing, at the next N MAIL commands.
     drop_at_mail: int = 0
     #: Advertise DSN (RFC 3461) in EHLO and accept its parameters.
     advertise_dsn: bool = False
+    #: Advertise PIPELINING (RFC 2920) in EHLO; aiosmtpd reads commands in order from its
+    #: stream either way, so pipelined commands are served whether advertised or not.
+    advertise_pipelining: bool = False
+    #: Every chunk the relay read from a connection, as it arrived (after TLS): which
+    #: commands came in one write of the client, and so how many round trips it took.
+    reads: list[bytes] = field(default_factory=list)
     #: (mechanism, login) of every successful AUTH.
     logins: list[tuple[str, str]] = field(default_factory=list)
     password: str = "correct horse battery staple"
@@ -68,18 +76,25 @@ class RelayHandler:
         session.host_name = hostname
         if self.advertise_dsn:
             responses.insert(-1, "250-DSN")
+        if self.advertise_pipelining:
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        reply = None
         if self.drop_at_mail:
             self.drop_at_mail -= 1
+            reply = "drop"
+        elif self.mail_replies:
+            reply = self.mail_replies.pop(0)
+        if reply == "drop":
             assert isinstance(server.transport, asyncio.Transport)
             server.transport.abort()  # vanish without a word, as a crashed relay does
             return "250 never sent"
-        if self.mail_replies:
-            return self._reply(server, self.mail_replies.pop(0))
+        if reply is not None:
+            return self._reply(server, reply)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 2.1.0 Ok"
@@ -94,8 +109,13 @@ class RelayHandler:
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        if self.data_replies:
-            return self._reply(server, self.data_replies.pop(0))
+        reply = self.data_replies.pop(0) if self.data_replies else None
+        if reply == "drop":
+            assert isinstance(server.transport, asyncio.Transport)
+            server.transport.abort()
+            return "250 never sent"
+        if reply is not None:
+            return self._reply(server, reply)
         assert envelope.mail_from is not None and envelope.original_content is not None
         auth = session.auth_data
         self.messages.append(
@@ -143,6 +163,10 @@ class RecordingSMTP(SMTP):
             self.dsn_parameters = {}
         super().connection_made(transport)
 
+    def data_received(self, data: bytes) -> None:
+        self.event_handler.reads.append(bytes(data))
+        super().data_received(data)
+
     async def smtp_MAIL(self, arg: str | None) -> None:
         await super().smtp_MAIL(self._take_dsn(arg, ("ENVID", "RET")))
 
@@ -187,6 +211,7 @@ class Relay:
         )
         self._controller.start()
         self.handler.connections = 0  # forget the controller's own start-up probe
+        self.handler.reads.clear()
 
     def stop(self) -> None:
         if self._controller is not None:

@@ -9,14 +9,17 @@ all (bad configuration) raises, with a `TransportConfigurationError`.
 
 Transports hold their connections open between `send` calls, so a run of envelopes to the
 same relay pays the connection set-up once; `close` (or the context manager) releases them.
+A batch goes through `send_many(transport, envelopes)`: a transport that can do better than
+one `send` after another (SMTP pipelines a batch on one connection) has its own `send_many`.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pipeline.errors import ConfigurationError
 
@@ -83,3 +86,19 @@ class Transport(Protocol):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None: ...
+
+
+@runtime_checkable
+class SendsMany(Protocol):
+    """A transport with its own batch send: the results in the envelopes' order, each the
+    `SendResult` that `send` would have given for that envelope."""
+
+    def send_many(self, envelopes: Sequence[Envelope]) -> list[SendResult]: ...
+
+
+def send_many(transport: Transport, envelopes: Sequence[Envelope]) -> list[SendResult]:
+    """Sends a batch, one result per envelope in the same order: through the transport's own
+    `send_many` when it has one, else one `send` after another (Maildir, HTTPS)."""
+    if isinstance(transport, SendsMany):
+        return transport.send_many(envelopes)
+    return [transport.send(envelope) for envelope in envelopes]
