@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -369,16 +370,31 @@ def _short(frame: str) -> str:
     return f"{function} ({module})"
 
 
-class SinkProcess(Closing):
-    """The SMTP receiver in its own process, so its CPU shows apart from ours."""
+#: The bench's SMTP receivers: the lean one (default: little CPU, nothing kept) and the
+#: aiosmtpd one of the demo and the correctness tests (every message logged).
+SINKS = ("lean", "aiosmtpd")
 
-    def __init__(self, log: Path, output: Path) -> None:
+
+class SinkProcess(Closing):
+    """The SMTP receiver in its own process, so its CPU shows apart from ours.
+
+    `kind` "lean" is `workers.bench.lean_smtp` (its counts come back from `stop`),
+    "aiosmtpd" is `workers.smtp_sink` logging each message to `log`."""
+
+    def __init__(self, kind: str, output: Path, log: Path | None = None) -> None:
+        if kind not in SINKS:
+            raise ConfigurationError(f"unknown SMTP receiver {kind!r}: choose one of {SINKS}")
+        self.kind = kind
+        if kind == "lean":
+            command = [sys.executable, "-m", "workers.bench.lean_smtp", "--port", "0"]
+        else:
+            command = [sys.executable, "-m", "workers.smtp_sink", "--port", "0"]
+            if log is not None:
+                command += ["--log", str(log)]
         self._output = output.open("wb")
+        self.counts: dict[str, float] = {}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "workers.smtp_sink", "--port", "0", "--log", str(log)],
-            stdout=subprocess.PIPE,
-            stderr=self._output,
-            start_new_session=True,
+            command, stdout=subprocess.PIPE, stderr=self._output, start_new_session=True
         )
         assert self.process.stdout is not None
         line = self.process.stdout.readline().decode()
@@ -392,13 +408,23 @@ class SinkProcess(Closing):
     def pid(self) -> int:
         return self.process.pid
 
-    def close(self) -> None:
+    def stop(self) -> dict[str, float]:
+        """Stop the receiver; the lean one's counts (messages, recipients, distinct and
+        duplicate (Message-ID, RCPT) pairs, its CPU seconds), {} for aiosmtpd."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(10)
+                output, _ = self.process.communicate(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                output, _ = self.process.communicate()
+            if self.kind == "lean" and output.strip():
+                with contextlib.suppress(ValueError):
+                    self.counts = json.loads(output.strip().splitlines()[-1])
+        return self.counts
+
+    def close(self) -> None:
+        self.stop()
         self._output.close()
 
 
