@@ -78,7 +78,7 @@ class Counts:
     connections: int = 0
     messages: int = 0
     recipients: int = 0  # RCPT addresses of accepted messages
-    bytes: int = 0
+    octets: int = 0  # message bytes (as sent, dot-stuffing included)
     without_message_id: int = 0
     #: Hashes of the (Message-ID, RCPT) pairs seen: 64 bits each, so 200,000 pairs take a
     #: few MB and a collision is out of reach.
@@ -88,7 +88,7 @@ class Counts:
     def record(self, message_id: bytes, recipients: list[bytes], size: int) -> None:
         self.messages += 1
         self.recipients += len(recipients)
-        self.bytes += size
+        self.octets += size
         if not message_id:
             self.without_message_id += 1
             return
@@ -104,7 +104,7 @@ class Counts:
             "connections": self.connections,
             "messages": self.messages,
             "recipients": self.recipients,
-            "bytes": self.bytes,
+            "bytes": self.octets,
             "without_message_id": self.without_message_id,
             "distinct_pairs": len(self.pairs),
             "duplicate_pairs": self.duplicate_pairs,
