@@ -31,7 +31,7 @@ class Progress:
 def progress_line(sent: int, results: int, delivered: int, envelopes: int, elapsed: float) -> str:
     """`sent 1200/3000 · delivered 2100/5956 envelopes · 88/s · ~44 s left`"""
     rate = delivered / elapsed if elapsed > 0 else 0.0
-    left = f"~{(envelopes - delivered) / rate:.0f} s left" if rate > 0 else "~? s left"
+    left = f"~{max(0, envelopes - delivered) / rate:.0f} s left" if rate > 0 else "~? s left"
     return (
         f"sent {sent}/{results} · delivered {delivered}/{envelopes} envelopes · "
         f"{rate:.0f}/s · {left}"
