@@ -1,8 +1,9 @@
 """What a run wrote to PostgreSQL: WAL bytes and table + index growth, per result.
 
 WAL is read as the server's insert position (`pg_current_wal_lsn`) before and after the
-run, so it counts the whole server: when other databases were written meanwhile (read from
-`pg_stat_database`) the figure says so, as an upper bound for ours. Growth is the run's own
+run, so it counts the whole server: when other databases were written meanwhile (rows in
+`pg_stat_database`, or databases created: CREATE DATABASE copies its template through the
+WAL) the figure says so, as an upper bound for ours. Growth is the run's own
 database (`pg_database_size`), split by table (`pg_total_relation_size`: heap, TOAST and
 indexes).
 """
@@ -32,6 +33,7 @@ class Snapshot:
     database_size: int
     tables: dict[str, int]
     others_written: int  # rows written in other databases, as the statistics count them
+    databases: frozenset[int]  # OIDs of the server's databases
 
 
 def snapshot(engine: Engine) -> Snapshot:
@@ -44,6 +46,9 @@ def snapshot(engine: Engine) -> Snapshot:
             ),
             tables={str(name): int(size) for name, size in connection.execute(_TABLES).all()},
             others_written=int(connection.scalar(_OTHERS_WRITTEN) or 0),
+            databases=frozenset(
+                int(oid) for oid in connection.scalars(text("SELECT oid FROM pg_database"))
+            ),
         )
 
 
@@ -54,6 +59,7 @@ class Writes:
     growth: int  # bytes, the run's database
     tables: dict[str, int]  # growth by table, bytes
     others_written: int
+    others_created: int = 0  # databases created on the server during the run
 
     def line(self) -> str:
         per = max(1, self.results)
@@ -65,10 +71,14 @@ class Writes:
             f"table + index growth {self.growth / per / 1024:.1f} KB/result "
             f"({self.growth / 1e6:.1f} MB" + (f"; KB/result by table: {split})" if split else ")")
         )
+        others = []
         if self.others_written:
+            others.append(f"other databases wrote {self.others_written} rows")
+        if self.others_created:
+            others.append(f"{self.others_created} database(s) were created")
+        if others:
             line += (
-                f"; WAL is the whole server's and other databases wrote "
-                f"{self.others_written} rows meanwhile: an upper bound"
+                f"; WAL is the whole server's and meanwhile {' and '.join(others)}: an upper bound"
             )
         return line
 
@@ -89,4 +99,5 @@ def writes(engine: Engine, before: Snapshot, after: Snapshot, results: int) -> W
             if size != before.tables.get(name, 0)
         },
         others_written=max(0, after.others_written - before.others_written),
+        others_created=len(after.databases - before.databases),
     )

@@ -2,15 +2,20 @@
 
 What runs is what an installation runs: `labdispatch mllp serve` and `labdispatch worker`
 as processes, a real Redis broker, a PostgreSQL ledger (a scratch database, dropped after),
-and a real SMTP receiver in its own process (`workers.smtp_sink`). The bench process only
-generates results, pushes them as a laboratory would (a few connections, a window of
-unanswered messages each), and watches the ledger until everything is delivered.
+and a real SMTP receiver in its own process (`workers.bench.lean_smtp` by default, or
+`workers.smtp_sink`). The bench process only generates results, pushes them as a laboratory
+would (a few connections, a window of unanswered messages each; as fast as the ACKs come,
+or open loop at a fixed rate, `openloop`), and watches the ledger until everything is
+delivered.
 
 Figures are measured, never estimated: throughput from the first message sent to the last
 delivery recorded; ACK latency per message at the client (write → ACK read); ingest to
 delivery from the ledger (`accepted_at - received_at`, both stamped by our processes);
-RSS from /proc; and, in the same run on the same broker, the one-task-per-item Celery
-no-op rate as the yardstick of what the broker alone costs.
+RSS and CPU from /proc (PostgreSQL: the backends of the run's database, told apart by
+their process title); the floor per result measured in this process before the load
+(`floor`) and the ratio of the service's CPU per result to it; PostgreSQL WAL and table
+growth per result (`pgwrites`); and, in the same run on the same broker, the
+one-task-per-item Celery no-op rate as the yardstick of what the broker alone costs.
 """
 
 from __future__ import annotations
