@@ -39,6 +39,11 @@ MAIL_DOMAIN = "bench.example"
 KEY_POOL = 8
 #: Size of the PDF report carried by a share of the results (before Base64).
 PDF_SIZE = 100_000
+#: Numeric observations per result at most (OBX set IDs are prepared up to this).
+MAX_OBSERVATIONS = 31
+#: The bench's `--small` results: 21 to 31 observations and no PDF, ~3 KB each (the mix:
+#: 10 to 30, and one in twenty with a PDF, ~9 KB on average).
+SMALL = (21, 31)
 #: When the synthetic day starts (MSH-7 and the observation times advance from here).
 EPOCH = datetime(2026, 1, 5, 6, 0, 0)
 SENDING_APPLICATION = "SIL-BENCH"
@@ -306,6 +311,7 @@ def generate_results(
     laboratory: str,
     recipients: Sequence[str],
     pdf_ratio: float = 0.05,
+    observations: tuple[int, int] = (10, 30),
 ) -> Iterator[bytes]:
     """`n` ORU^R01 v2.5 results (UTF-8, CR segment ends), each its own message, MSH-10 unique
     (`B<seed>-<index>`), MSH-4 = `laboratory`, MSH-11 = P.
@@ -316,7 +322,9 @@ def generate_results(
     ORC/OBR and 10 to 30 numeric OBX with units, reference ranges and flags; a share
     `pdf_ratio` also carries a ~100 KB PDF report as an ED observation (Base64).
     """
-    for result in generate_labelled_results(n, seed, laboratory, recipients, pdf_ratio):
+    for result in generate_labelled_results(
+        n, seed, laboratory, recipients, pdf_ratio, observations
+    ):
         yield result.data
 
 
@@ -326,10 +334,12 @@ def generate_labelled_results(
     laboratory: str,
     recipients: Sequence[str],
     pdf_ratio: float = 0.05,
+    observations: tuple[int, int] = (10, 30),
 ) -> Iterator[SyntheticResult]:
     """`generate_results`, each message with its control ID, recipients and PDF flag (the
     same bytes for the same arguments): the bench counts the envelopes it must wait for
-    from these, without reading the HL7 back."""
+    from these, without reading the HL7 back. `observations`: the fewest and most OBX
+    (`SMALL` with no PDF gives the bench's ~3 KB results)."""
     _check_laboratory(laboratory)
     if n < 0:
         raise ValueError(f"cannot generate {n} results")
@@ -337,12 +347,17 @@ def generate_labelled_results(
         raise ValueError("results need at least one recipient RPPS number")
     if not 0.0 <= pdf_ratio <= 1.0:
         raise ValueError(f"pdf_ratio is a share between 0 and 1, not {pdf_ratio}")
+    fewest, most_observations = observations
+    if not 1 <= fewest <= most_observations <= MAX_OBSERVATIONS:
+        raise ValueError(
+            f"observations per result go from 1 to {MAX_OBSERVATIONS}, not {observations}"
+        )
     rng = random.Random(seed)
     people = [(rpps, _xcn(rpps)) for rpps in dict.fromkeys(r.strip() for r in recipients)]
     most = min(3, len(people))
-    observations = [_obx_variants(analyte, rng) for analyte in ANALYTES]
-    cycle = observations + observations  # a run of k analytes from any start, without modulo
-    set_ids = [f"OBX|{number}|NM|" for number in range(1, 32)]
+    by_analyte = [_obx_variants(analyte, rng) for analyte in ANALYTES]
+    cycle = by_analyte + by_analyte  # a run of k analytes from any start, without modulo
+    set_ids = [f"OBX|{number}|NM|" for number in range(1, MAX_OBSERVATIONS + 1)]
     pdf_image = rng.randbytes(_PDF_WIDTH * _pdf_height(PDF_SIZE))
     msh_head = f"MSH|^~\\&|{SENDING_APPLICATION}|{laboratory}|LABDISPATCH|LABDISPATCH|"
     msh_tail = "P|2.5|||||FRA|UNICODE UTF-8"
@@ -357,8 +372,8 @@ def generate_labelled_results(
         ordering = named[0][1]
         copies = "~".join(xcn for _, xcn in named[1:])
         patient = rng.getrandbits(32)
-        count = 10 + rng.randrange(21)
-        start = rng.randrange(len(observations))
+        count = fewest + rng.randrange(most_observations - fewest + 1)
+        start = rng.randrange(len(by_analyte))
         segments = [
             f"{msh_head}{sent}||ORU^R01^ORU_R01|{control_id}|{msh_tail}",
             _pid(patient, laboratory),
