@@ -12,15 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from pipeline.hl7.documents import mime_charset
+from pipeline.hl7.errors import IntakeError
 from pipeline.hl7.facts import RoutingFacts
 from pipeline.hl7.segments import Segment
 from pipeline.hprim import medecins, sante
 from pipeline.hprim.errors import HprimError, NotHprim
 from pipeline.hprim.facts import FORMAT_MEDECINS, FORMAT_SANTE
 from pipeline.hprim.text import CharsetLookup
-
-#: The IANA names of the codecs a file may be read in, for the attachment's `charset=`.
-_MIME = {"ascii": "US-ASCII", "utf-8": "UTF-8", "cp1252": "windows-1252"}
 
 
 def sniff(data: bytes) -> str | None:
@@ -40,7 +39,7 @@ class HprimResult:
     data: bytes
     format: str
     facts: RoutingFacts | None = None
-    error: HprimError | None = None
+    error: IntakeError | None = None
     codec: str = ""  # the Python codec the file was read in
     #: What a refused file says of itself (H-5 or line 11, H-3 or line 9), for quarantine.
     claimed_sender: str = ""
@@ -60,10 +59,8 @@ class HprimResult:
 
     @property
     def mime_charset(self) -> str:
-        codec = self.codec
-        if codec.startswith("iso8859"):
-            return "ISO-8859-" + codec.removeprefix("iso8859").lstrip("-_")
-        return _MIME.get(codec, codec)
+        """The IANA name, for the attachment's `charset=`."""
+        return mime_charset(self.codec) if self.codec else ""
 
     def accept_ack(self) -> bytes | None:
         return None
