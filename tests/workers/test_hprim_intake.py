@@ -159,7 +159,7 @@ def stack(
 
 
 def test_an_hprim_sante_file_dropped_in_the_folder_reaches_its_recipients_unchanged(
-    stack: FaultStack, tmp_path: Path
+    stack: FaultStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     outbox = tmp_path / "outbox"
     outbox.mkdir()
@@ -192,6 +192,8 @@ def test_an_hprim_sante_file_dropped_in_the_folder_reaches_its_recipients_unchan
         ]
     wait_for(lambda: len(list(outbox.glob("*.eml"))) == 2, timeout=30, what="two envelopes")
     assert (folder / "done" / "result.hpr").read_bytes() == data
+    assert main(["trace", "RES0042.HPR-202611281015-1"]) == 0
+    assert "  hprim-sante ORU vH2.2, status final" in capsys.readouterr().out
     pki = tmp_path / "pki"
     for eml in sorted(outbox.glob("*.eml")):
         key = "dr1" if b"dr1@" in eml.read_bytes()[:4000] else "dr2"
