@@ -23,7 +23,12 @@ from pipeline.hprim.text import CharsetLookup
 
 
 def sniff(data: bytes) -> str | None:
-    """ "hprim-sante", "hprim-medecins", or None (HL7 v2, or nothing we know)."""
+    """The HPRIM format of `data` ("hprim-sante", "hprim-medecins"), or None: HL7 v2, or
+    nothing we know. What starts as HL7 does (MSH, FHS, BHS, MLLP framing) stays HL7
+    whatever lines it holds."""
+    head = data[:16].lstrip(b"\xef\xbb\xbf\x0b\r\n")
+    if head.startswith((b"MSH", b"FHS", b"BHS")):
+        return None
     if sante.looks_like_sante(data):
         return FORMAT_SANTE
     if medecins.looks_like_medecins(data):

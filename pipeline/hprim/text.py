@@ -118,9 +118,9 @@ def _undecodable(
     else:
         reason = (
             f"byte 0x{data[offset]:02X} is neither ASCII nor UTF-8, and HPRIM files declare "
-            "no character set: have the laboratory's charset (e.g. ISO-8859-1 or "
-            "windows-1252) set in the directory (`labdispatch directory import`, column "
-            "charset), or send UTF-8"
+            "no character set: have the laboratory's charset set in the directory "
+            "(`labdispatch directory laboratory CODE --charset ISO-8859-1`, or "
+            "windows-1252), or send UTF-8"
         )
     return UndecodableHprim(reason, location)
 

@@ -82,3 +82,8 @@ def test_latin1_report_needs_the_laboratory_charset() -> None:
     [found] = read_hprim(data, charsets=lambda lab: "ISO-8859-1" if lab == "LAB01" else None)
     assert found.facts is not None and found.codec == "iso8859-1"
     assert found.mime_charset == "ISO-8859-1"
+
+
+def test_hl7_holding_a_marker_line_stays_hl7() -> None:
+    assert sniff(b"MSH|^~\\&|A|B\r****FIN****\r") is None
+    assert sniff(b"\x0bMSH|^~\\&|A|B\r****FIN****\r\x1c\r") is None

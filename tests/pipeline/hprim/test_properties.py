@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from pipeline.hl7.errors import IntakeError
 from pipeline.hprim.facts import FORMAT_MEDECINS, FORMAT_SANTE
 from pipeline.hprim.intake import read_hprim
+from pipeline.reading import read_any
 from tests.pipeline.hprim.builders import medecins, medecins_report, sante, simple
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -85,3 +86,13 @@ def test_valid_files_with_one_byte_changed_or_cut(data: st.DataObject) -> None:
     byte = data.draw(st.integers(0, 255))
     check(base[:position] + bytes([byte]) + base[position + 1 :])
     check(base[:position])
+
+
+@SETTINGS
+@given(
+    st.binary(max_size=400), st.sampled_from([b"", b"MSH|^~\\&|", b"H|~^\\&|", b"****LAB****\r"])
+)
+def test_any_bytes_through_the_format_dispatch(data: bytes, head: bytes) -> None:
+    for result in read_any(head + data):
+        assert (result.facts is None) != (result.error is None)
+        assert result.error is None or isinstance(result.error, IntakeError)
