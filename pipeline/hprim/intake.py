@@ -68,10 +68,7 @@ class HprimResult:
         return mime_charset(self.codec) if self.codec else ""
 
     def accept_ack(self) -> bytes | None:
-        return None
-
-    def ack(self) -> str:
-        return ""
+        return None  # HPRIM defines no acknowledgement we produce (docs/hprim.md)
 
 
 def read_hprim(
