@@ -63,9 +63,10 @@ from pipeline.delivery import dispatch, intake
 from pipeline.delivery.record import NEW
 from pipeline.delivery.routing import route_message
 from pipeline.delivery.services import DeliveryServices, SignerRegistry
-from pipeline.hl7.intake import IntakeResult, read_results
+from pipeline.hl7.intake import read_results
 from pipeline.ledger.models import Delivery, Message
 from pipeline.ledger.storage import StorageCipher
+from pipeline.reading import ReadResult, read_again, read_any
 from pipeline.recipients.directory_csv import import_directory
 from pipeline.sealing.demo_pki import DemoPki, create_demo_pki
 from pipeline.settings import Settings, SigningSettings
@@ -291,13 +292,13 @@ def timed(function: Callable[P, R], watch: Stopwatch, bucket: str) -> Callable[P
 
 
 def timed_reader(
-    function: Callable[[bytes], Iterator[IntakeResult]], watch: Stopwatch
-) -> Callable[[bytes], Iterator[IntakeResult]]:
-    """`read_results` is a generator: read it whole inside the timer (one message each)."""
+    function: Callable[..., Iterator[ReadResult]], watch: Stopwatch
+) -> Callable[..., Iterator[ReadResult]]:
+    """`read_any` is a generator: read it whole inside the timer (one message each)."""
 
-    def run(data: bytes) -> Iterator[IntakeResult]:
+    def run(data: bytes, *args: Any) -> Iterator[ReadResult]:
         with watch.timing(HL7):
-            results = list(function(data))
+            results = list(function(data, *args))
         return iter(results)
 
     return run
@@ -481,12 +482,12 @@ def run_database(
         instrument(engine, sessions, watch)
 
         with (
-            wrapped(intake, "read_results", timed_reader(read_results, watch)),
+            wrapped(intake, "read_any", timed_reader(read_any, watch)),
             wrapped(intake, "route_message", timed(route_message, watch, ROUTE)),
         ):
             intake_phase = run_intake(sessions, services, work, watch)
         with (
-            wrapped(dispatch, "read_results", timed_reader(read_results, watch)),
+            wrapped(dispatch, "read_again", timed(read_again, watch, HL7)),
             wrapped(dispatch, "seal_delivery", timed(dispatch.seal_delivery, watch, SEAL)),
         ):
             dispatch_phase, passes, states = run_dispatch(sessions, services, limit, watch)

@@ -50,6 +50,7 @@ from pipeline.db import begin_write, first_line
 from pipeline.delivery.intake import Answer, Inbound, accept_batch
 from pipeline.delivery.services import DeliveryServices
 from pipeline.errors import LabdispatchError
+from pipeline.reading import claimed_identity
 from pipeline.settings import DEFAULT_MAX_MESSAGE_BYTES
 from workers.hooks import AfterCommit
 
@@ -825,8 +826,7 @@ def _reason_text(
 
 def _refusal_line(answer: Answer) -> str:
     result = answer.result
-    msh = result.msh
-    control_id = (msh.field(10) if msh is not None else "") or "none"
+    control_id = claimed_identity(result)[1] or "none"
     error = result.error
     if error is None:
         return f"message {result.index} (control ID {control_id}): AR: refused"

@@ -16,6 +16,7 @@ from pipeline.hl7.decode import UTF8_BOM, RawMessage, decode_message, split_mess
 from pipeline.hl7.errors import IntakeError, Location
 from pipeline.hl7.intake import IntakeResult
 from pipeline.hl7.parse import read_msh
+from pipeline.hprim.intake import HprimResult, read_hprim, sniff
 
 
 class NotThisLaboratory(IntakeError):
@@ -35,7 +36,7 @@ class Submission:
     turn, ("item", i) or ("refused", j), so answers are returned in the order sent."""
 
     items: tuple[bytes, ...]
-    refused: tuple[IntakeResult, ...]
+    refused: tuple[IntakeResult | HprimResult, ...]
     order: tuple[tuple[str, int], ...]
 
 
@@ -57,6 +58,9 @@ def split_for(data: bytes, laboratory: str | None) -> Submission:
     message is its own; otherwise each of its own messages goes as an item of its own."""
     if laboratory is None:
         return Submission((data,), (), (("item", 0),))
+    fmt = sniff(data)
+    if fmt is not None:
+        return _split_hprim(data, fmt, laboratory)
     raws = list(split_messages(data))
     senders = [sender_of(raw) for raw in raws]
     if all(sender is None or sender == laboratory for sender in senders):
@@ -84,6 +88,26 @@ def _refusal(raw: RawMessage, sender: str, laboratory: str) -> IntakeResult:
             Location("MSH", field=4),
         ),
     )
+
+
+def _split_hprim(data: bytes, fmt: str, laboratory: str) -> Submission:
+    """An HPRIM file goes to intake whole when every result in it (or, refused, its header)
+    names the token's laboratory; otherwise it is refused whole: a file has one sender."""
+    for result in read_hprim(data, fmt=fmt):
+        sender = result.facts.sender if result.facts else result.claimed_sender
+        if sender and sender != laboratory:
+            field = "H-5" if fmt == "hprim-sante" else "header line 11"
+            refusal = HprimResult(
+                1,
+                data,
+                fmt,
+                error=NotThisLaboratory(
+                    f"{field} names laboratory {sender!r}, but this token submits for "
+                    f"{laboratory!r} only: not recorded"
+                ),
+            )
+            return Submission((), (refusal,), (("refused", 0),))
+    return Submission((data,), (), (("item", 0),))
 
 
 def _as_sent(raw: RawMessage) -> bytes:

@@ -27,13 +27,14 @@ from pipeline.delivery.notices import write_failure_notice
 from pipeline.delivery.record import read_stored
 from pipeline.delivery.services import DeliveryServices
 from pipeline.errors import LabdispatchError
-from pipeline.hl7.documents import extract_documents, message_charset
-from pipeline.hl7.intake import read_results
+from pipeline.hl7.documents import extract_documents, message_charset, mime_charset
+from pipeline.hprim.intake import HprimResult
 from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Attempt, Delivery, Message
 from pipeline.ledger.states import OPEN_STATES
+from pipeline.reading import read_again
 from pipeline.recipients.models import Recipient
-from pipeline.sealing.content import ResultSummary, build_content
+from pipeline.sealing.content import HPRIM_EXTENSION, HPRIM_TYPE, ResultSummary, build_content
 from pipeline.sealing.keys import Signer, check_signer, recipient_certificate
 from pipeline.sealing.smime import EnvelopeHeaders, envelope, sign, subject_for
 from pipeline.transports.base import Envelope, Outcome, SendResult, TransportConfigurationError
@@ -121,17 +122,30 @@ class SignedResults:
         signer = self.services.signers.for_laboratory(message.laboratory)
         check_signer(signer, now)
         data = read_stored(message, self.services.cipher)
-        result = next(read_results(data))
-        if result.message is None or result.facts is None:  # it was accepted once: a bug
+        result = read_again(data, message.format, message.charset)
+        if result.facts is None:  # it was accepted once: a bug
             raise LabdispatchError(f"stored message no longer reads: {result.error}")
         facts = result.facts
-        content = build_content(
-            data,
-            message_charset(result.message),
-            facts.control_id,
-            ResultSummary.from_facts(facts),
-            extract_documents(result.message),
-        )
+        if isinstance(result, HprimResult):  # the HPRIM file as sent, for practice software
+            content = build_content(
+                data,
+                mime_charset(result.codec),
+                facts.control_id,
+                ResultSummary.from_facts(facts),
+                [],
+                media_type=HPRIM_TYPE,
+                extension=HPRIM_EXTENSION,
+            )
+        else:
+            if result.message is None:  # pragma: no cover - facts come with the message
+                raise LabdispatchError(f"stored message no longer reads: {result.error}")
+            content = build_content(
+                data,
+                message_charset(result.message),
+                facts.control_id,
+                ResultSummary.from_facts(facts),
+                extract_documents(result.message),
+            )
         known = (sign(content, signer), facts.result_status, signer)
         self._signed[message.id] = known
         return known

@@ -21,10 +21,13 @@ from pipeline.delivery.record import NEW, Recorded, ToRecord, record_messages
 from pipeline.delivery.routing import RouteReport, route_message
 from pipeline.delivery.services import DeliveryServices
 from pipeline.hl7.errors import NotHL7
-from pipeline.hl7.intake import IntakeResult, read_results, unavailable_ack
+from pipeline.hl7.intake import IntakeResult, unavailable_ack
+from pipeline.hprim.intake import HprimResult
 from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Message, Rejection
 from pipeline.ledger.storage import StorageCipher
+from pipeline.reading import ReadResult, claimed_identity, read_any, readable, result_charset
+from pipeline.recipients.laboratories import laboratory_charsets
 
 PROCESSING_WORDS = {"P": "production", "T": "training", "D": "debugging"}
 
@@ -42,7 +45,7 @@ class Inbound:
 class Answer:
     """What became of one message, and the ACK that says so (sent only after the commit)."""
 
-    result: IntakeResult
+    result: ReadResult
     recorded: Recorded | None = None  # None: refused (see result.error)
     rejection_id: int | None = None
     held: bool = False  # recorded, but not to be delivered on this platform
@@ -80,8 +83,9 @@ def accept_batch(
 
     With `route`, deliveries are created at once (one-process use); otherwise the messages
     stay `received` for the route stage."""
+    charsets = laboratory_charsets(session)
     results = [
-        [(item, result) for result in read_results(item.data)] or [(item, _empty(item))]
+        [(item, result) for result in read_any(item.data, charsets)] or [(item, _empty(item))]
         for item in inbound
     ]
     accepted = [(item, result) for group in results for item, result in group if _readable(result)]
@@ -93,7 +97,7 @@ def accept_batch(
                 facts=result.facts,  # type: ignore[arg-type]  # _readable checked it
                 source=item.source,
                 source_name=item.source_name,
-                charset=result.message.charset,  # type: ignore[union-attr]
+                charset=result_charset(result),
             )
             for item, result in accepted
         ],
@@ -146,28 +150,28 @@ def unavailable_answers(item: Inbound, reason: str) -> list[Answer]:
     """Answers for an item that could not be stored (the ledger is down): an error ACK per
     message telling the LIS to send again; never AA for something not committed."""
     return [
-        Answer(result, ack=unavailable_ack(result.data, reason))
-        for result in read_results(item.data)
+        Answer(
+            result,
+            ack=None if isinstance(result, HprimResult) else unavailable_ack(result.data, reason),
+        )
+        for result in read_any(item.data)
     ] or [Answer(_empty(item), ack=unavailable_ack(item.data, reason))]
 
 
 def quarantine(
-    session: Session, item: Inbound, result: IntakeResult, cipher: StorageCipher, now: datetime
+    session: Session, item: Inbound, result: ReadResult, cipher: StorageCipher, now: datetime
 ) -> Rejection:
     """Keep a refused message, encrypted, with the reason its ACK gave."""
     error = result.error
-    msh = result.msh
+    laboratory, control_id = claimed_identity(result)
     digest = hashlib.sha256(result.data).hexdigest()
     blob, key_id = cipher.encrypt(result.data, quarantine_context(digest))
     rejection = Rejection(
         received_at=now,
         source=item.source,
         source_name=_storable(item.source_name, Rejection.source_name),
-        laboratory=_storable(
-            msh.components(4)[0] if msh is not None and msh.components(4) else "",
-            Rejection.laboratory,
-        ),
-        control_id=_storable(msh.field(10) if msh is not None else "", Rejection.control_id),
+        laboratory=_storable(laboratory, Rejection.laboratory),
+        control_id=_storable(control_id, Rejection.control_id),
         ack_code=error.ack_code if error is not None else "AR",
         error=type(error).__name__ if error is not None else "Unreadable",
         hl7_code=error.hl7_code if error is not None else "",
@@ -196,8 +200,8 @@ def quarantine_context(digest: str) -> str:
     return f"rejected\0{digest}"
 
 
-def _readable(result: IntakeResult) -> bool:
-    return result.message is not None and result.facts is not None
+def _readable(result: ReadResult) -> bool:
+    return readable(result)
 
 
 def _empty(item: Inbound) -> IntakeResult:

@@ -24,10 +24,9 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.db import begin_write
-from pipeline.delivery.record import read_stored
+from pipeline.delivery.record import read_recorded
 from pipeline.delivery.routing import delivery_ids_for, shown_identifier
 from pipeline.delivery.services import DeliveryServices
-from pipeline.hl7.intake import read_results
 from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Delivery, Message
 from pipeline.ledger.states import OPEN_STATES
@@ -150,7 +149,7 @@ def resume_unroutable(
             message = session.get_one(Message, message_id)
             if message.state == "held":
                 continue
-            result = next(read_results(read_stored(message, services.cipher)))
+            result = read_recorded(message, services.cipher)
             if result.facts is None:
                 continue
             taken = {d.recipient_key for d in message.deliveries if d.state != "unroutable"}

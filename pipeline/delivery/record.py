@@ -22,6 +22,7 @@ from pipeline.hl7.facts import RoutingFacts
 from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Message
 from pipeline.ledger.storage import StorageCipher
+from pipeline.reading import ReadResult, read_again
 
 NEW = "new"
 DUPLICATE = "duplicate"
@@ -210,6 +211,7 @@ def _new_message(
         result_status=facts.result_status,
         document_count=len(facts.documents),
         charset=charset[:32],
+        format=facts.format,
         source=source,
         source_name=source_name[:500],
         raw_encrypted=blob,
@@ -226,6 +228,11 @@ def read_stored(message: Message, cipher: StorageCipher) -> bytes:
         message.storage_key_id,
         storage_context(message.laboratory, message.control_id, message.revision),
     )
+
+
+def read_recorded(message: Message, cipher: StorageCipher) -> ReadResult:
+    """A recorded result read again, in the format and character set of its intake."""
+    return read_again(read_stored(message, cipher), message.format, message.charset)
 
 
 def _recorded(message: Message, status: str) -> Recorded:

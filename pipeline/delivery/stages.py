@@ -33,12 +33,11 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from pipeline.db import begin_write
 from pipeline.delivery.circuits import save_circuits
 from pipeline.delivery.dispatch import SignedResults, fail_delivery, seal_delivery, send_delivery
-from pipeline.delivery.record import read_stored
+from pipeline.delivery.record import read_recorded
 from pipeline.delivery.routing import route_messages
 from pipeline.delivery.services import DeliveryServices
 from pipeline.errors import LabdispatchError
 from pipeline.hl7.facts import RoutingFacts
-from pipeline.hl7.intake import read_results
 from pipeline.ledger.models import Delivery, Message
 from pipeline.ledger.states import OPEN_STATES
 from pipeline.recipients.models import Recipient
@@ -205,7 +204,7 @@ def _stored_facts(message: Message, services: DeliveryServices) -> RoutingFacts 
     a log line) for one that no longer reads: it stays `received` and reconcile offers it
     again, while the others go on (rule 3)."""
     try:
-        result = next(read_results(read_stored(message, services.cipher)))
+        result = read_recorded(message, services.cipher)
         if result.facts is None:  # it was accepted once: a bug
             raise LabdispatchError(f"stored message no longer reads: {result.error}")
         return result.facts

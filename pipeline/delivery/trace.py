@@ -77,6 +77,7 @@ class ResultTrace:
     size: int
     deliveries: tuple[DeliveryView, ...]
     events: tuple[EventView, ...]
+    format: str = "hl7v2"  # hl7v2, hprim-sante, hprim-medecins
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = jsonable(asdict(self))
@@ -140,6 +141,7 @@ def _view(message: Message) -> ResultTrace:
         version=message.version,
         result_status=message.result_status,
         size=message.size,
+        format=message.format,
         deliveries=tuple(
             DeliveryView(
                 id=d.id,
@@ -189,7 +191,9 @@ def render_trace(trace: ResultTrace) -> str:
         f"{trace.laboratory} {trace.control_id}"
         + (f" (revision {trace.revision})" if trace.revision > 1 else "")
         + f"  {trace.state}",
-        f"  {trace.message_type} v{trace.version}, status {trace.result_status or 'unknown'}, "
+        "  "
+        + ("" if trace.format == "hl7v2" else f"{trace.format} ")
+        + f"{trace.message_type} v{trace.version}, status {trace.result_status or 'unknown'}, "
         f"{trace.size} bytes, received {_when(trace.received_at)} via {trace.source}",
     ]
     for event in trace.events:

@@ -244,8 +244,11 @@ def declared_charset(msh: bytes) -> str:
     return value.decode("ascii", "replace").strip()
 
 
-def decode_message(raw: RawMessage) -> DecodedMessage:
-    """Turn one message's bytes into text, refusing any byte its character set forbids."""
+def decode_message(raw: RawMessage, fallback: str = "") -> DecodedMessage:
+    """Turn one message's bytes into text, refusing any byte its character set forbids.
+
+    `fallback` is the character set configured for the laboratory (directory), read when
+    MSH-18 is empty instead of ASCII-then-UTF-8."""
     if not raw.data.startswith(b"MSH"):
         raise NotHL7(_not_hl7_reason(raw.data))
     first_line = raw.data.split(b"\r", 1)[0]
@@ -271,6 +274,8 @@ def decode_message(raw: RawMessage) -> DecodedMessage:
                 " (no byte-order mark, MSH readable as ASCII)",
                 Location("MSH", field=18),
             )
+    elif fallback:
+        codec = charset_codec(fallback)
     else:
         codec = "ascii"
 
@@ -302,6 +307,12 @@ def decode_message(raw: RawMessage) -> DecodedMessage:
                 "MSH-18 is empty (ASCII by default) but the text holds non-ASCII characters;"
                 " they are valid UTF-8 and were read as such: declare UNICODE UTF-8 in MSH-18"
             )
+        elif not declared:
+            raise _undecodable(
+                raw.data,
+                error.start,
+                f"MSH-18 is empty; {fallback} as configured for the laboratory",
+            ) from None
         else:
             raise _undecodable(raw.data, error.start, f"MSH-18 declares {declared!r}") from None
     return DecodedMessage(raw.index, raw.data, text, codec, declared, raw.batch, tuple(warnings))

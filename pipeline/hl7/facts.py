@@ -110,6 +110,8 @@ class RoutingFacts:
     documents: tuple[Document, ...]
     participants: tuple[Participant, ...]
     warnings: tuple[str, ...]
+    #: The format the laboratory sent: "hl7v2", "hprim-sante" or "hprim-medecins".
+    format: str = "hl7v2"
 
     @property
     def sender(self) -> str:

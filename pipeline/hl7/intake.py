@@ -7,11 +7,11 @@ batch are unaffected.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pipeline.hl7.ack import ACCEPT, ERROR, AckContext, AckIssue, build_ack, encode_accept_ack
-from pipeline.hl7.decode import RawMessage, decode_message, split_messages
+from pipeline.hl7.decode import RawMessage, declared_charset, decode_message, split_messages
 from pipeline.hl7.errors import IntakeError
 from pipeline.hl7.facts import RoutingFacts, extract_facts
 from pipeline.hl7.parse import Hl7Message, parse, read_msh
@@ -75,10 +75,32 @@ def unavailable_ack(data: bytes, reason: str) -> bytes | None:
     return encode_accept_ack(AckContext.from_raw(data), ERROR, [AckIssue(reason)])
 
 
-def read_raw(raw: RawMessage) -> IntakeResult:
+#: A laboratory's code (MSH-4, else MSH-3) → the character set configured for it, if any.
+CharsetLookup = Callable[[str], "str | None"]
+
+
+def configured_charset(raw: RawMessage, charsets: CharsetLookup | None) -> str:
+    """The laboratory's configured character set, for a message whose MSH-18 is empty."""
+    if charsets is None or not raw.data.startswith(b"MSH") or len(raw.data) < 8:
+        return ""
+    first = raw.data.split(b"\r", 1)[0]
+    if declared_charset(first):
+        return ""
+    fields = first.decode("latin-1").split(first[3:4].decode("latin-1"))
+    component = first[4:5].decode("latin-1")
+
+    def value(number: int) -> str:  # MSH-n is fields[n - 1] (MSH-1 is the separator)
+        raw_value = fields[number - 1] if len(fields) >= number else ""
+        return raw_value.split(component, 1)[0].strip() if component else raw_value.strip()
+
+    laboratory = value(4) or value(3)
+    return (charsets(laboratory) or "") if laboratory else ""
+
+
+def read_raw(raw: RawMessage, charsets: CharsetLookup | None = None) -> IntakeResult:
     """Decode, check and read one message's bytes (as cut by `split_messages`)."""
     try:
-        decoded = decode_message(raw)
+        decoded = decode_message(raw, configured_charset(raw, charsets))
         message = parse(decoded)
         facts = extract_facts(message)
     except IntakeError as error:
@@ -86,7 +108,8 @@ def read_raw(raw: RawMessage) -> IntakeResult:
     return IntakeResult(raw.index, raw.data, message, facts)
 
 
-def read_results(data: bytes) -> Iterator[IntakeResult]:
-    """Every message in a file, batch or stream, in order."""
+def read_results(data: bytes, charsets: CharsetLookup | None = None) -> Iterator[IntakeResult]:
+    """Every message in a file, batch or stream, in order; `charsets` names the character
+    set a laboratory is configured with, read when MSH-18 is empty."""
     for raw in split_messages(data):
-        yield read_raw(raw)
+        yield read_raw(raw, charsets)

@@ -67,6 +67,8 @@ class Message(Base):
     document_count: Mapped[int] = mapped_column(default=0)
     #: MSH-18 as written, needed to label the HL7 attachment's charset.
     charset: Mapped[str] = mapped_column(String(32), default="")
+    #: What the laboratory sent: "hl7v2", "hprim-sante" or "hprim-medecins".
+    format: Mapped[str] = mapped_column(String(16), default="hl7v2", server_default="hl7v2")
     #: How it came in ("file", "mllp", "api") and from where (file name, peer address).
     source: Mapped[str] = mapped_column(String(16))
     source_name: Mapped[str] = mapped_column(String(500), default="")

@@ -30,6 +30,9 @@ class Laboratory(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     code: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str | None] = mapped_column(String(200))
+    #: The character set its messages are read in when they declare none (HL7 with MSH-18
+    #: empty, every HPRIM file): e.g. ISO-8859-1 or windows-1252. None: not configured.
+    charset: Mapped[str | None] = mapped_column(String(32))
 
     local_codes: Mapped[list[LocalCode]] = relationship(back_populates="laboratory")
 

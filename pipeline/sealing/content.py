@@ -30,6 +30,12 @@ CRLF = b"\r\n"
 #: either. An `application/` type also keeps mail clients from rendering or re-encoding
 #: the message as text.
 HL7_TYPE = "application/hl7-v2"
+#: HPRIM (Santé or Médecins) has no registered media type. `application/octet-stream`
+#: with a `.hpr` name, as practice software files it: a `text/` type would let a mail
+#: client convert its CR or LF line ends, and the bytes must reach it unchanged.
+HPRIM_TYPE = "application/octet-stream"
+HPRIM_EXTENSION = "hpr"
+FORMAT_WORDS = {"hprim-sante": "HPRIM Santé", "hprim-medecins": "HPRIM Médecins"}
 _HL7_TIMESTAMP = re.compile(
     r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d+)?([+-]\d{4})?"
 )
@@ -51,6 +57,7 @@ class ResultSummary:
     sent_at: str  # MSH-7 as written
     result_status: str  # a facts.STATUS_WORDS value, or ""
     document_count: int
+    format: str = "hl7v2"
 
     @classmethod
     def from_facts(cls, facts: RoutingFacts) -> ResultSummary:
@@ -63,6 +70,7 @@ class ResultSummary:
             sent_at=facts.sent_at,
             result_status=facts.result_status,
             document_count=sum(1 for document in facts.documents if document.readable),
+            format=facts.format,
         )
 
 
@@ -74,17 +82,23 @@ def summary_text(summary: ResultSummary) -> str:
         sender += f" ({application})"
     control_id = one_line(summary.control_id)
     documents = summary.document_count
+    kind = FORMAT_WORDS.get(summary.format)
+    if kind is not None:
+        message = f"{kind} {one_line(summary.message_type)} {one_line(summary.version)}".strip()
+        attached = f"HPRIM file {safe_filename_stem(control_id)}.{HPRIM_EXTENSION}"
+    else:
+        message = f"HL7 {one_line(summary.message_type)} version {one_line(summary.version)}"
+        attached = f"HL7 file {safe_filename_stem(control_id)}.hl7"
     lines = [
         f"Laboratory result from {sender}",
         "",
         f"Control ID:  {control_id}",
         f"Status:      {one_line(summary.result_status) or 'not stated'}",
         f"Sent:        {_timestamp(summary.sent_at)}",
-        f"Message:     HL7 {one_line(summary.message_type)} version {one_line(summary.version)}",
+        f"Message:     {message}",
         f"Documents:   {documents} attached" if documents else "Documents:   none",
         "",
-        f"The full result is in the attached HL7 file {safe_filename_stem(control_id)}.hl7:"
-        " open it in your practice software.",
+        f"The full result is in the attached {attached}: open it in your practice software.",
         "This summary deliberately shows no patient details and no result values.",
     ]
     return "\r\n".join(lines) + "\r\n"
@@ -96,6 +110,9 @@ def build_content(
     control_id: str,
     summary: ResultSummary,
     documents: Sequence[EmbeddedDocument],
+    *,
+    media_type: str = HL7_TYPE,
+    extension: str = "hl7",
 ) -> bytes:
     """The MIME entity to sign: multipart/mixed with the summary, `<control_id>.hl7` and
     each document, CRLF line ends throughout, 7-bit only.
@@ -115,7 +132,7 @@ def build_content(
             "quoted-printable",
             binascii.b2a_qp(summary_text(summary).encode("utf-8"), istext=True),
         ),
-        _attachment(HL7_TYPE, f"{stem}.hl7", mime_charset(charset), hl7),
+        _attachment(media_type, f"{stem}.{extension}", mime_charset(charset), hl7),
     ]
     for document in documents:
         mime_type = document.mime_type.lower()

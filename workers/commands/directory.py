@@ -1,4 +1,4 @@
-"""`labdispatch directory import FILE.csv` and `labdispatch directory show ID`.
+"""`labdispatch directory import FILE.csv`, `directory show ID` and `directory laboratory CODE`.
 
 Thin on purpose: parse arguments, open the database, call `pipeline.recipients`, print.
 """
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipeline.db import open_database
 from pipeline.recipients.directory_csv import import_directory
+from pipeline.recipients.laboratories import describe_laboratory, set_laboratory
 from pipeline.recipients.views import describe_recipient, render_recipient
 from pipeline.settings import Settings
 
@@ -40,11 +41,25 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "show",
         help="show one recipient",
         description="Show one recipient, named by its directory key, an identifier "
-        "(TYPE:VALUE, e.g. RPPS:10001234567) or a laboratory's code (LAB=CODE).",
+        "(TYPE:VALUE, e.g. RPPS:10001234567) or a laboratory's code (LAB=CODE); "
+        "lab:CODE shows the laboratory itself and its intake settings.",
     )
     show.add_argument("ref", metavar="ID")
     show.add_argument("--json", action="store_true", help="print JSON instead of text")
     show.set_defaults(handler=run_show)
+
+    lab = actions.add_parser(
+        "laboratory",
+        help="set a laboratory's intake settings (character set)",
+        description="Create a laboratory if need be and set its intake settings: --charset "
+        "is the character set its messages are read in when they declare none (HL7 with "
+        "MSH-18 empty; every HPRIM file), e.g. ISO-8859-1 or windows-1252.",
+    )
+    lab.add_argument("code", metavar="CODE", help="MSH-4 / HPRIM H-5 / HPRIM Médecins line 11")
+    lab.add_argument("--charset", help="character set, e.g. ISO-8859-1, windows-1252, UTF-8")
+    lab.add_argument("--clear-charset", action="store_true", help="forget the character set")
+    lab.add_argument("--json", action="store_true", help="print JSON instead of text")
+    lab.set_defaults(handler=run_laboratory)
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -62,8 +77,25 @@ def run_import(args: argparse.Namespace) -> int:
     return EXIT_ROWS_REJECTED if report.errors else EXIT_OK
 
 
+def run_laboratory(args: argparse.Namespace) -> int:
+    sessions = open_database(Settings.from_env())
+    with sessions.begin() as session:
+        view = set_laboratory(
+            session, args.code, charset=args.charset, clear_charset=args.clear_charset
+        )
+    print(json.dumps(view.as_json(), ensure_ascii=False) if args.json else view.render())
+    return EXIT_OK
+
+
 def run_show(args: argparse.Namespace) -> int:
     sessions = open_database(Settings.from_env())
+    if args.ref.startswith("lab:"):
+        with sessions() as session:
+            lab = describe_laboratory(session, args.ref.removeprefix("lab:"))
+        print(
+            json.dumps(lab.as_json(), indent=2, ensure_ascii=False) if args.json else lab.render()
+        )
+        return EXIT_OK
     with sessions() as session:
         view = describe_recipient(session, args.ref)
     if args.json:

@@ -18,7 +18,9 @@ from sqlalchemy.orm import Session
 
 from pipeline.db import open_database
 from pipeline.hl7.conformance import strict_findings
-from pipeline.hl7.intake import IntakeResult, read_results
+from pipeline.hl7.intake import IntakeResult
+from pipeline.reading import ReadResult, claimed_identity, read_any
+from pipeline.recipients.laboratories import laboratory_charsets
 from pipeline.recipients.routing import RoutedRecipient, route
 from pipeline.settings import Settings
 from workers.commands.hl7_files import EXIT_UNREADABLE, add_files_argument, read_file
@@ -29,7 +31,7 @@ EXIT_REJECTED = 1
 def register(commands: Any) -> None:
     parser = commands.add_parser(
         "inspect",
-        help="read HL7 files and show each result's sender, status and recipients",
+        help="read HL7 or HPRIM files and show each result's sender, status and recipients",
         description=__doc__,
     )
     add_files_argument(parser)
@@ -63,7 +65,8 @@ def inspect_files(args: argparse.Namespace, session: Session | None) -> int:
             status = max(status, EXIT_UNREADABLE)
             continue
         seen = 0
-        for result in read_results(data):
+        charsets = laboratory_charsets(session) if session is not None else None
+        for result in read_any(data, charsets):
             seen += 1
             routed = (
                 route(session, result.facts)
@@ -80,7 +83,7 @@ def inspect_files(args: argparse.Namespace, session: Session | None) -> int:
                 )
             findings = (
                 strict_findings(result.message)
-                if args.strict and result.message is not None
+                if args.strict and isinstance(result, IntakeResult) and result.message is not None
                 else None
             )
             if args.json:
@@ -98,9 +101,7 @@ def inspect_files(args: argparse.Namespace, session: Session | None) -> int:
     return status
 
 
-def record(
-    path: Path, result: IntakeResult, routed: list[RoutedRecipient] | None
-) -> dict[str, Any]:
+def record(path: Path, result: ReadResult, routed: list[RoutedRecipient] | None) -> dict[str, Any]:
     """The JSON form of one message: stable keys, for scripts and the conformance tests."""
     facts = result.facts
     error = result.error
@@ -109,6 +110,7 @@ def record(
         "index": result.index,
         "ok": result.ok,
         "error": None,
+        "format": facts.format if facts else getattr(result, "format", "hl7v2"),
         "control_id": facts.control_id if facts else None,
         "sender": facts.sender if facts else None,
         "sending_application": facts.sending_application if facts else None,
@@ -124,6 +126,10 @@ def record(
     }
     if error is not None:
         msh = result.msh
+        if msh is None:  # HPRIM: what its header claims
+            laboratory, control_id = claimed_identity(result)
+            out["control_id"] = control_id or None
+            out["sender"] = laboratory or None
         if msh is not None:  # what the refused message says of itself, for the lab to find it
             out["control_id"] = msh.value(10).strip() or None
             out["sender"] = msh.value(4).strip() or msh.value(3).strip() or None
@@ -191,20 +197,22 @@ def record(
     return out
 
 
-def describe(path: Path, result: IntakeResult, routed: list[RoutedRecipient] | None) -> str:
+def describe(path: Path, result: ReadResult, routed: list[RoutedRecipient] | None) -> str:
     """The human form: one header line per message, one line per recipient."""
     facts = result.facts
     if result.error is not None or facts is None:
         error = result.error
         assert error is not None
-        msh = result.msh
-        control = f" control {msh.value(10).strip()}" if msh is not None and msh.value(10) else ""
+        claimed = claimed_identity(result)[1].strip()
+        control = f" control {claimed}" if claimed else ""
         return (
             f"{path} #{result.index}:{control} REJECTED {error.ack_code}"
             f" ({type(error).__name__}): {error}"
         )
     lines = [
-        f"{path} #{result.index}: {facts.message_type} v{facts.version}"
+        f"{path} #{result.index}: "
+        + ("" if facts.format == "hl7v2" else f"{facts.format} ")
+        + f"{facts.message_type} v{facts.version}"
         f"  control {facts.control_id}  from {facts.sender}"
         + (f" ({facts.sending_application})" if facts.sending_application else "")
         + f"  status {facts.result_status or 'unknown'}"
@@ -212,7 +220,11 @@ def describe(path: Path, result: IntakeResult, routed: list[RoutedRecipient] | N
     ]
     resolutions = {id(item.participant): item for item in routed or []}
     if not facts.participants:
-        lines.append("    no recipient named in ORC-12, OBR-16, OBR-28, PV1-8 or PRT")
+        lines.append(
+            "    no recipient named in ORC-12, OBR-16, OBR-28, PV1-8 or PRT"
+            if facts.format == "hl7v2"
+            else "    no recipient named (OBR-17, P-14, H-10; or header line 12)"
+        )
     for participant in facts.participants:
         identity = (
             f"{participant.id_type} {participant.id}"
