@@ -23,7 +23,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.delivery.circuits import save_circuits
-from pipeline.delivery.notices import write_failure_notice
+from pipeline.delivery.notices import give_up
 from pipeline.delivery.record import read_stored
 from pipeline.delivery.services import DeliveryServices
 from pipeline.errors import LabdispatchError
@@ -321,22 +321,5 @@ def fail_delivery(
     now: datetime,
     services: DeliveryServices,
 ) -> None:
-    """Give a delivery up, with the reason, and tell its laboratory."""
-    delivery.state = "failed"
-    delivery.failed_at = now
-    delivery.updated_at = now
-    delivery.next_attempt_at = None
-    delivery.leased_until = None
-    delivery.last_error = reason
-    record_event(session, delivery.message, "failed", reason, now, delivery)
-    if services.notices_dir is not None:
-        path = write_failure_notice(services.notices_dir, delivery, now)
-        delivery.notified_at = now
-        record_event(
-            session,
-            delivery.message,
-            "notified",
-            f"laboratory told: {path.parent.name}/{path.name}",
-            now,
-            delivery,
-        )
+    """Give a delivery up, with the reason, and tell its laboratory (`notices.give_up`)."""
+    give_up(session, delivery, reason, now, services.notices_dir)
