@@ -299,3 +299,9 @@ class _Reader:
         if number <= 0:
             raise ConfigurationError(f"{PREFIX}{name} must be positive, not {value!r}")
         return number
+
+
+def debug_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """`LABDISPATCH_DEBUG=1`: a developer asked for tracebacks (still never an exception's
+    text in a log line written by `pipeline.logsafe`)."""
+    return (os.environ if env is None else env).get(PREFIX + "DEBUG", "").strip() == "1"
