@@ -30,6 +30,7 @@ from pipeline.errors import LabdispatchError
 from pipeline.hl7.documents import extract_documents, message_charset
 from pipeline.hl7.intake import read_results
 from pipeline.ledger.events import record_event
+from pipeline.logsafe import log_failure
 from pipeline.ledger.models import Attempt, Delivery, Message
 from pipeline.ledger.states import OPEN_STATES
 from pipeline.recipients.models import Recipient
@@ -92,7 +93,7 @@ def dispatch_delivery(session: Session, delivery: Delivery, services: DeliverySe
         except Exception as error:
             # A bug of ours must not stop the other deliveries (ARCHITECTURE rule 3). The
             # type and the delivery only: an exception's text may quote the message.
-            logger.exception("sealing delivery %s failed", delivery.id)
+            log_failure(logger, f"sealing delivery {delivery.id}", error)
             fail_delivery(
                 session,
                 delivery,
@@ -203,7 +204,7 @@ def send_delivery(session: Session, delivery: Delivery, services: DeliveryServic
         # Transports answer with outcomes; an exception is a bug, and must not stop the
         # other deliveries. Whether the far side got it is unknown: retrying resends the
         # same envelope under the same Message-ID, which the far side can de-duplicate.
-        logger.exception("sending delivery %s failed", delivery.id)
+        log_failure(logger, f"sending delivery {delivery.id}", error)
         services.discard(kind)  # its connection may be in any state: start afresh
         result = SendResult(
             Outcome.TRANSIENT,

@@ -40,6 +40,7 @@ from pipeline.errors import LabdispatchError
 from pipeline.hl7.facts import RoutingFacts
 from pipeline.hl7.intake import read_results
 from pipeline.ledger.models import Delivery, Message
+from pipeline.logsafe import log_failure
 from pipeline.ledger.states import OPEN_STATES
 from pipeline.recipients.models import Recipient
 
@@ -215,8 +216,8 @@ def _stored_facts(message: Message, services: DeliveryServices) -> RoutingFacts 
 
 
 def _log_stage_error(doing: str, row_id: int, error: BaseException) -> None:
-    # The type only: an exception's text may quote the message.
-    logger.error("%s %s failed: %s", doing, row_id, type(error).__name__, exc_info=True)
+    # The type only: an exception's text may quote the message (`pipeline.logsafe`).
+    log_failure(logger, f"{doing} {row_id}", error)
 
 
 def claim(
