@@ -30,9 +30,9 @@ from pipeline.errors import LabdispatchError
 from pipeline.hl7.documents import extract_documents, message_charset
 from pipeline.hl7.intake import read_results
 from pipeline.ledger.events import record_event
-from pipeline.logsafe import log_failure
 from pipeline.ledger.models import Attempt, Delivery, Message
 from pipeline.ledger.states import OPEN_STATES
+from pipeline.logsafe import log_failure
 from pipeline.recipients.models import Recipient
 from pipeline.sealing.content import ResultSummary, build_content
 from pipeline.sealing.keys import Signer, check_signer, recipient_certificate

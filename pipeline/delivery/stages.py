@@ -40,8 +40,8 @@ from pipeline.errors import LabdispatchError
 from pipeline.hl7.facts import RoutingFacts
 from pipeline.hl7.intake import read_results
 from pipeline.ledger.models import Delivery, Message
-from pipeline.logsafe import log_failure
 from pipeline.ledger.states import OPEN_STATES
+from pipeline.logsafe import log_failure
 from pipeline.recipients.models import Recipient
 
 logger = logging.getLogger(__name__)
