@@ -15,10 +15,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from pipeline.closing import Closing
+from pipeline.db import DatabaseUnavailable, first_line, make_engine
 from pipeline.delivery.breaker import CircuitBreaker
 from pipeline.errors import ConfigurationError
-from pipeline.ledger.storage import StorageCipher
+from pipeline.ledger.storage import StorageCipher, check_stored_keys, stored_key_ids
 from pipeline.sealing.errors import SigningKeyUnavailable
 from pipeline.sealing.keys import Signer, load_signer
 from pipeline.settings import Settings, SigningSettings, read_secret
@@ -100,9 +103,7 @@ class DeliveryServices(Closing):
                 "when the ledger is not the embedded SQLite file (create one with: "
                 "head -c 32 /dev/urandom | base64 > storage.key; chmod 600 storage.key)"
             )
-        cipher = StorageCipher.from_file(
-            settings.storage_key_path, create=settings.storage_key_file is None
-        )
+        cipher = storage_cipher(settings)
         return cls(
             cipher=cipher,
             signers=SignerRegistry(settings.signing),
@@ -147,6 +148,30 @@ class DeliveryServices(Closing):
         for transport in self._open.values():
             transport.close()
         self._open.clear()
+
+
+def storage_cipher(settings: Settings) -> StorageCipher:
+    """The storage key, checked against the ledger: rows stored under a key id the key file
+    does not hold stop the process (`StorageKeyMissing`), and the embedded key is created
+    only over a ledger with no encrypted row yet."""
+    path = settings.storage_key_path
+    create = settings.storage_key_file is None
+    engine = make_engine(settings)
+    try:
+        with engine.connect() as connection:
+            stored = stored_key_ids(connection)
+    except SQLAlchemyError as error:
+        raise DatabaseUnavailable(
+            "cannot read the ledger to check the storage key: "
+            f"{first_line(getattr(error, 'orig', None) or error)}"
+        ) from error
+    finally:
+        engine.dispose()
+    if create and not path.exists():
+        check_stored_keys(stored, None, path)
+    cipher = StorageCipher.from_file(path, create=create)
+    check_stored_keys(stored, cipher, path)
+    return cipher
 
 
 def retry_policies(settings: Settings) -> dict[str, RetryPolicy]:

@@ -5,6 +5,11 @@ sealed. Each message is encrypted with a fresh nonce and bound (as associated da
 ledger key, so a ciphertext copied onto another row does not decrypt there. The key file
 holds one base64 key; its id (a hash prefix, never the key) is stored beside each row so a
 rotated key can still open older rows when kept as a previous key.
+
+A key is never made up over a ledger that already holds rows: `check_stored_keys` reads
+the key ids of the oldest and newest encrypted rows of each table, and a process refuses to
+start when one of them is not in the key file (a ledger copied without its key, a key file
+replaced instead of rotated), naming the key id, before anything is written under a new one.
 """
 
 from __future__ import annotations
@@ -18,11 +23,16 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import Connection, column, inspect, select, table
 
 from pipeline.errors import ConfigurationError, LabdispatchError
 
 NONCE_BYTES = 12
 KEY_BYTES = 32
+
+#: The tables holding data encrypted with the storage key, each with `id` and
+#: `storage_key_id` columns.
+ENCRYPTED_TABLES = ("messages", "rejections")
 
 
 class StoredMessageUnreadable(LabdispatchError):
@@ -82,6 +92,46 @@ class StorageCipher:
             raise StoredMessageUnreadable(
                 f"the stored message {context} does not decrypt: the row was altered"
             ) from error
+
+
+class StorageKeyMissing(ConfigurationError):
+    """The ledger holds rows encrypted under a key the key file does not hold."""
+
+
+def stored_key_ids(connection: Connection) -> set[str]:
+    """The key ids of the oldest and newest encrypted row of each table (two lookups on the
+    primary key each, however large the ledger); empty for an empty or new ledger."""
+    found: set[str] = set()
+    present = set(inspect(connection).get_table_names())
+    for name in ENCRYPTED_TABLES:
+        if name not in present:
+            continue
+        rows = table(name, column("id"), column("storage_key_id"))
+        for order in (rows.c.id.asc(), rows.c.id.desc()):
+            key_id = connection.scalar(select(rows.c.storage_key_id).order_by(order).limit(1))
+            if key_id:
+                found.add(key_id)
+    return found
+
+
+def check_stored_keys(stored: set[str], cipher: StorageCipher | None, path: Path) -> None:
+    """Raise StorageKeyMissing when rows were stored under a key `cipher` does not hold
+    (`cipher` None: the key file does not exist and is about to be created)."""
+    missing = sorted(stored - set(cipher.keys if cipher is not None else ()))
+    if not missing:
+        return
+    ids = ", ".join(missing)
+    if cipher is None:
+        raise StorageKeyMissing(
+            f"the ledger holds results encrypted under storage key id {ids}, but the key file "
+            f"{path} does not exist: restore it from the backup it was saved with (a new key "
+            "would leave those results unreadable); nothing was changed"
+        )
+    raise StorageKeyMissing(
+        f"the ledger holds results encrypted under storage key id {ids}, which the key file "
+        f"{path} does not hold (it holds {', '.join(cipher.keys)}): put the key back, or after "
+        "a rotation keep the previous key on a line after the current one; nothing was changed"
+    )
 
 
 def _key_id(key: bytes) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,12 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from pipeline.db import open_database
+from pipeline.delivery.intake import accept_bytes
 from pipeline.delivery.services import DeliveryServices, SignerRegistry, transport_factories
 from pipeline.errors import ConfigurationError
 from pipeline.ledger.models import Delivery
+from pipeline.ledger.storage import StorageKeyMissing
 from pipeline.sealing.demo_pki import DemoPki, create_demo_pki
 from pipeline.sealing.errors import SigningKeyUnavailable
 from pipeline.settings import Settings, SigningSettings, SmtpSettings
@@ -178,3 +183,32 @@ def test_each_laboratory_signs_with_its_own_key_and_the_default_key_for_the_othe
     assert signer_of(envelopes["LABO-NORD"], adam, signers) == der(nord.lab_certificate)
     assert signer_of(envelopes[LAB], adam, signers) == der(pki.lab_certificate)
     assert der(nord.lab_certificate) != der(pki.lab_certificate)
+
+
+def test_no_storage_key_is_made_up_over_a_ledger_that_holds_results(settings: Settings) -> None:
+    """The embedded ledger copied without `storage.key`: refused, naming the key id of the
+    rows, and no new key written; with the key back it starts."""
+    sessions = open_database(settings)
+    if not settings.uses_embedded_database:  # beside PostgreSQL the key file is named
+        settings = replace(settings, storage_key_file=settings.var_dir / "named.key")
+        settings.ensure_var_dir()
+        settings.storage_key_path.write_text(base64.b64encode(b"o" * 32).decode() + "\n")
+    original = DeliveryServices.from_settings(settings)
+    with sessions.begin() as session:
+        (answer,) = accept_bytes(session, oru("KEYS-1"), original, source="t")
+        assert answer.recorded is not None
+    key_file = settings.storage_key_path
+    saved = key_file.read_bytes()
+    key_file.unlink()
+
+    if settings.uses_embedded_database:
+        with pytest.raises(StorageKeyMissing, match=f"storage key id {original.cipher.current}, "):
+            DeliveryServices.from_settings(settings)
+        assert not key_file.exists()
+    # Another key in its place (replaced rather than rotated): refused too.
+    key_file.write_text(base64.b64encode(b"n" * 32).decode() + "\n")
+    with pytest.raises(StorageKeyMissing, match=f"storage key id {original.cipher.current}, "):
+        DeliveryServices.from_settings(settings)
+    # Rotated: the new key first, the old one kept after it.
+    key_file.write_bytes(base64.b64encode(b"n" * 32) + b"\n" + saved)
+    assert DeliveryServices.from_settings(settings).cipher.current != original.cipher.current
