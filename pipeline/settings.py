@@ -205,9 +205,11 @@ class Settings:
         return self.database_url.startswith("sqlite")
 
     def ensure_var_dir(self) -> Path:
-        """Create `var/` on first use so the embedded default needs no set-up step."""
-        self.var_dir.mkdir(parents=True, exist_ok=True)
-        return self.var_dir
+        """Create `var/` on first use so the embedded default needs no set-up step; it and
+        the service's files in it are readable by the service alone (`ledger.files`)."""
+        from pipeline.ledger.files import secure_var_dir
+
+        return secure_var_dir(self.var_dir)
 
     @property
     def storage_key_path(self) -> Path:

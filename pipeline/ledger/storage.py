@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, column, inspect, select, table
 
 from pipeline.errors import ConfigurationError, LabdispatchError
+from pipeline.ledger.files import make_private
 
 NONCE_BYTES = 12
 KEY_BYTES = 32
@@ -55,6 +56,7 @@ class StorageCipher:
         with `create`, write a new random key when the file does not exist yet."""
         if create and not path.exists():
             _write_new_key(path)
+        make_private(path)  # a key file others can read is made 0600, with a warning
         try:
             lines = path.read_text(encoding="ascii").split()
         except (OSError, UnicodeDecodeError) as error:
@@ -140,7 +142,7 @@ def _key_id(key: bytes) -> str:
 
 def _write_new_key(path: Path) -> None:
     """Create the key file readable by its owner only, without a window where it is not."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = base64.b64encode(os.urandom(KEY_BYTES)) + b"\n"
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
