@@ -8,6 +8,7 @@ and kept for the life of the object, so a run of envelopes reuses one SMTP conne
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,8 @@ from pipeline.transports.retry import DEFAULT_POLICIES, RetryPolicy
 from pipeline.transports.smtp import SmtpConfig, SmtpTransport
 
 TransportFactory = Callable[[], Transport]
+
+logger = logging.getLogger(__name__)
 
 
 def utc_now() -> datetime:
@@ -153,24 +156,32 @@ class DeliveryServices(Closing):
 def storage_cipher(settings: Settings) -> StorageCipher:
     """The storage key, checked against the ledger: rows stored under a key id the key file
     does not hold stop the process (`StorageKeyMissing`), and the embedded key is created
-    only over a ledger with no encrypted row yet."""
+    only over a ledger with no encrypted row yet. A ledger that cannot be read now (a
+    process may start before its database: the API reports it on /readyz) is not checked,
+    with a warning, and no key is created over it."""
     path = settings.storage_key_path
-    create = settings.storage_key_file is None
+    create = settings.storage_key_file is None and not path.exists()
     engine = make_engine(settings)
+    stored: set[str] | None
     try:
         with engine.connect() as connection:
             stored = stored_key_ids(connection)
     except SQLAlchemyError as error:
-        raise DatabaseUnavailable(
-            "cannot read the ledger to check the storage key: "
-            f"{first_line(getattr(error, 'orig', None) or error)}"
-        ) from error
+        stored = None
+        reason = first_line(getattr(error, "orig", None) or error)
+        if create:
+            raise DatabaseUnavailable(
+                f"cannot read the ledger ({reason}), so no storage key is created for it: "
+                f"a ledger holding results would need the key it was stored with ({path})"
+            ) from error
+        logger.warning("the storage key could not be checked against the ledger: %s", reason)
     finally:
         engine.dispose()
-    if create and not path.exists():
-        check_stored_keys(stored, None, path)
+    if create:
+        check_stored_keys(stored or set(), None, path)
     cipher = StorageCipher.from_file(path, create=create)
-    check_stored_keys(stored, cipher, path)
+    if stored is not None:
+        check_stored_keys(stored, cipher, path)
     return cipher
 
 
