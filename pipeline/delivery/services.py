@@ -98,14 +98,6 @@ class DeliveryServices(Closing):
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryServices:
         settings.ensure_var_dir()
-        if settings.storage_key_file is None and not settings.uses_embedded_database:
-            # A key generated under var/ beside a PostgreSQL ledger would be lost with the
-            # host, and every stored message with it: production names its key file.
-            raise ConfigurationError(
-                "LABDISPATCH_STORAGE_KEY_FILE must name the key that encrypts stored results "
-                "when the ledger is not the embedded SQLite file (create one with: "
-                "head -c 32 /dev/urandom | base64 > storage.key; chmod 600 storage.key)"
-            )
         cipher = storage_cipher(settings)
         return cls(
             cipher=cipher,
@@ -159,6 +151,14 @@ def storage_cipher(settings: Settings) -> StorageCipher:
     only over a ledger with no encrypted row yet. A ledger that cannot be read now (a
     process may start before its database: the API reports it on /readyz) is not checked,
     with a warning, and no key is created over it."""
+    if settings.storage_key_file is None and not settings.uses_embedded_database:
+        # A key generated under var/ beside a PostgreSQL ledger would be lost with the
+        # host, and every stored message with it: production names its key file.
+        raise ConfigurationError(
+            "LABDISPATCH_STORAGE_KEY_FILE must name the key that encrypts stored results "
+            "when the ledger is not the embedded SQLite file (create one with: "
+            "head -c 32 /dev/urandom | base64 > storage.key; chmod 600 storage.key)"
+        )
     path = settings.storage_key_path
     create = settings.storage_key_file is None and not path.exists()
     engine = make_engine(settings)

@@ -83,7 +83,13 @@ def route_stage(
             readable.append((message, facts))
         try:
             with session.begin_nested():
-                route_messages(session, readable, mail_domain=services.mail_domain, now=now)
+                route_messages(
+                    session,
+                    readable,
+                    mail_domain=services.mail_domain,
+                    now=now,
+                    blind_index=services.cipher,
+                )
                 session.flush()
             routed = [message.id for message, _ in readable]
         except Exception:
@@ -93,7 +99,11 @@ def route_stage(
                 try:
                     with session.begin_nested():
                         route_messages(
-                            session, [(message, facts)], mail_domain=services.mail_domain, now=now
+                            session,
+                            [(message, facts)],
+                            mail_domain=services.mail_domain,
+                            now=now,
+                            blind_index=services.cipher,
                         )
                         session.flush()
                     routed.append(message.id)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,19 @@ class StorageCipher:
             )
         return cls.from_key(keys[0], *keys[1:])
 
+    def blind_indexes(self, text: str) -> list[str]:
+        """Keyed hashes of `text`, one per key (the current key's first): a value to store
+        and look up by exact match that does not give `text` back to whoever reads the
+        database without the key file. After a rotation, values stored under a previous
+        key are still found as long as that key stays in the file."""
+        return [
+            "hmac:" + hmac.new(_index_key(key), text.encode(), hashlib.sha256).hexdigest()[:40]
+            for key in (
+                self.keys[self.current],
+                *(k for i, k in self.keys.items() if i != self.current),
+            )
+        ]
+
     def encrypt(self, data: bytes, context: str) -> tuple[bytes, str]:
         nonce = os.urandom(NONCE_BYTES)
         sealed = AESGCM(self.keys[self.current]).encrypt(nonce, data, context.encode())
@@ -134,6 +148,11 @@ def check_stored_keys(stored: set[str], cipher: StorageCipher | None, path: Path
         f"{path} does not hold (it holds {', '.join(cipher.keys)}): put the key back, or after "
         "a rotation keep the previous key on a line after the current one; nothing was changed"
     )
+
+
+def _index_key(key: bytes) -> bytes:
+    """The blind-index key derived from a storage key (never the key itself)."""
+    return hashlib.sha256(b"labdispatch blind index key\0" + key).digest()
 
 
 def _key_id(key: bytes) -> str:

@@ -46,6 +46,7 @@ A header with unknown or missing required columns is one error, and nothing is i
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -74,8 +75,10 @@ from pipeline.recipients.identifiers import (
     RPPS,
     SIREN,
     SIRET,
+    BlindIndex,
     Identifier,
     parse_identifier_text,
+    stored_form,
 )
 from pipeline.recipients.models import CHANNEL_KINDS, RECIPIENT_KINDS
 
@@ -112,9 +115,20 @@ MAX_ADDRESS = 500
 
 T = TypeVar("T")
 
+#: What the directory keeps as a patient's name (the name itself is not kept: routing
+#: needs none, and the laboratory knows its patient).
+PATIENT_NAME = "(patient)"
 
-def import_directory(session: Session, path: Path) -> ImportReport:
+
+def import_directory(
+    session: Session, path: Path, *, index: BlindIndex | None = None
+) -> ImportReport:
     """Create or update recipients from `path`; the caller commits.
+
+    With `index` (the at-rest cipher: `labdispatch directory import` always gives it), a
+    patient's identity is not kept in clear: the INS is stored as its keyed hash, which
+    routing finds by, and the patient's name not at all (`PATIENT_NAME` instead). Without
+    it (tests, tools with no storage key) rows are stored as written.
 
     Raises UnreadableDirectoryFile when the file cannot be read or decoded at all.
     """
@@ -133,7 +147,7 @@ def import_directory(session: Session, path: Path) -> ImportReport:
             report.errors.extend(errors)
             continue
         seen_keys[plan.key] = line
-        plans.append(plan)
+        plans.append(_protected(plan, index) if index is not None else plan)
 
     write_plans(session, plans, report)
     report.errors.sort(key=lambda error: error.line)
@@ -141,6 +155,15 @@ def import_directory(session: Session, path: Path) -> ImportReport:
 
 
 # --- reading -------------------------------------------------------------------------------
+
+
+def _protected(plan: RowPlan, index: BlindIndex) -> RowPlan:
+    """The row as the directory keeps it: private identifiers hashed, a patient unnamed."""
+    identifiers = plan.identifiers
+    if identifiers is not None:
+        identifiers = tuple(stored_form(identifier, index) for identifier in identifiers)
+    name = PATIENT_NAME if plan.kind == "patient" else plan.name
+    return dataclasses.replace(plan, identifiers=identifiers, name=name)
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:

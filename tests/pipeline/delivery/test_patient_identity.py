@@ -1,0 +1,120 @@
+"""A patient's identity is not kept in the directory in clear, and patients are still found.
+
+The directory is imported as `labdispatch directory import` does it (with the storage key
+as blind index); the ANS corpus result, whose patient PAT-TROIS Dominique (INS
+279035121518989) asked for a copy, is then recorded and routed through the stages. Every
+table of the database is read back as text: neither the INS nor the name is anywhere in it,
+and the patient's delivery was made all the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.db import all_metadata, migrate, session_factory
+from pipeline.delivery.services import DeliveryServices
+from pipeline.delivery.stages import route_stage
+from pipeline.ledger.models import Delivery
+from pipeline.ledger.storage import StorageCipher
+from pipeline.recipients.directory_csv import PATIENT_NAME, import_directory
+from pipeline.recipients.models import Recipient, RecipientIdentifier
+from pipeline.recipients.views import describe_recipient
+from pipeline.sealing.demo_pki import DemoPki
+from tests.pipeline.delivery.conftest import (
+    ADAM,
+    ADAM_MAIL,
+    CORPUS,
+    CORPUS_RESULT,
+    PATIENT,
+    received,
+)
+
+INS = "279035121518989"
+#: What identifies the corpus result's patient (family name as in PID-5, given name).
+IDENTITY = (INS, "PAT-TROIS", "Dominique")
+
+
+def directory(folder: Path, pki: DemoPki) -> Path:
+    path = folder / "directory.csv"
+    path.write_text(
+        "key,kind,name,identifiers,channels,certificate\n"
+        f"{ADAM},clinician,HODA Adam,RPPS:01234567897,mail:{ADAM_MAIL},"
+        f"{pki.recipients[ADAM][0]}\n"
+        f"{PATIENT},patient,PAT-TROIS Dominique,INS:{INS},mailbox:{PATIENT},"
+        f"{pki.recipients[PATIENT][0]}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def everything_stored(engine: Engine) -> str:
+    """Every value of every table, as text."""
+    texts = []
+    with engine.connect() as connection:
+        for table in all_metadata().sorted_tables:
+            for row in connection.execute(select(table)):
+                texts.extend(
+                    value.decode("latin-1") if isinstance(value, bytes) else str(value)
+                    for value in row
+                )
+    return "\n".join(texts)
+
+
+def test_a_patients_ins_and_name_are_not_stored_and_their_copy_is_routed(
+    engine: Engine, pki: DemoPki, services: DeliveryServices, tmp_path: Path
+) -> None:
+    migrate(engine)
+    sessions: sessionmaker[Session] = session_factory(engine)
+    csv = directory(tmp_path, pki)
+    with sessions.begin() as session:
+        report = import_directory(session, csv, index=services.cipher)
+        assert (report.created, report.errors) == (2, [])
+    with sessions.begin() as session:  # the same file again: nothing to change
+        assert import_directory(session, csv, index=services.cipher).unchanged == 2
+
+    routed = route_stage(
+        sessions, received(sessions, services, (CORPUS / CORPUS_RESULT).read_bytes()), services
+    )
+
+    with sessions() as session:
+        patient = session.scalars(select(Recipient).where(Recipient.key == PATIENT)).one()
+        (stored,) = session.scalars(
+            select(RecipientIdentifier.value).where(RecipientIdentifier.id_type == "INS")
+        ).all()
+        deliveries = {d.recipient_key: d for d in session.scalars(select(Delivery))}
+        shown = describe_recipient(session, f"INS:{INS}", blind_index=services.cipher)
+    assert patient.name == PATIENT_NAME
+    assert stored.startswith("hmac:") and INS not in stored
+    # Routing found the patient by the hash of the INS the message gave.
+    assert deliveries[PATIENT].state == "pending" and deliveries[PATIENT].id in routed.next_ids
+    assert deliveries[ADAM].state == "pending"
+    # An operator finds the patient by INS too.
+    assert shown.key == PATIENT and shown.name == PATIENT_NAME
+    # Nowhere in the database, ledger included.
+    assert not [part for part in IDENTITY if part in everything_stored(engine)]
+
+
+def test_after_a_key_rotation_patients_are_still_found(
+    engine: Engine, pki: DemoPki, services: DeliveryServices, tmp_path: Path
+) -> None:
+    """Imported under the old key; the key file then holds a new key first and the old one
+    after it (a rotation): the patient is still routed."""
+    migrate(engine)
+    sessions = session_factory(engine)
+    old = services.cipher
+    with sessions.begin() as session:
+        import_directory(session, directory(tmp_path, pki), index=old)
+    services.cipher = StorageCipher.from_key(b"r" * 32, *old.keys.values())
+
+    routed = route_stage(
+        sessions, received(sessions, services, (CORPUS / CORPUS_RESULT).read_bytes()), services
+    )
+
+    with sessions() as session:
+        keys = set(
+            session.scalars(select(Delivery.recipient_key).where(Delivery.id.in_(routed.next_ids)))
+        )
+    assert keys == {ADAM, PATIENT}
