@@ -32,6 +32,15 @@ def frames_only(error: BaseException) -> str:
     return "".join(traceback.format_tb(error.__traceback__)).rstrip()
 
 
+def traceback_without_values(error: BaseException) -> str:
+    """A traceback as Python prints it, but ending with the exception types, not the text."""
+    return (
+        "Traceback (most recent call last):\n"
+        + frames_only(error)
+        + f"\n{exception_summary(error)} (its text is not logged: it may quote a result)"
+    )
+
+
 def log_failure(
     logger: logging.Logger, what: str, error: BaseException, level: int = logging.ERROR
 ) -> None:

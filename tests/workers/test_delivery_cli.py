@@ -236,3 +236,33 @@ def test_a_ledger_copied_without_its_storage_key_is_refused_naming_the_key_id(
     key_file.write_bytes(original)
     assert main(["deliver", "--no-send", str(second)]) == 1
     assert main(["trace", "KEY-2"]) == 0  # recorded once the key was back
+
+
+def test_under_debug_a_logged_traceback_shows_where_but_not_the_exceptions_text() -> None:
+    """LABDISPATCH_DEBUG=1 is for a developer; an exception's text may still quote a result
+    (a process's `exc_info`, e.g. the MLLP listener's or the folder watcher's)."""
+    script = (
+        "import logging\n"
+        "from workers.cli import _configure_logging\n"
+        "_configure_logging()\n"
+        "value = 'DUPONT ' + 'Hélène K+ 5.9'\n"
+        "def deliver():\n"
+        "    raise RuntimeError(value)\n"
+        "try:\n"
+        "    deliver()\n"
+        "except RuntimeError:\n"
+        "    logging.getLogger('workers.mllp.server').error('frame failed', exc_info=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "LABDISPATCH_DEBUG": "1"},
+    )
+
+    assert done.returncode == 0
+    assert done.stderr.startswith("labdispatch: ERROR workers.mllp.server: frame failed\n")
+    assert "Traceback (most recent call last):" in done.stderr
+    assert ", in deliver\n" in done.stderr and "RuntimeError (its text is not logged" in done.stderr
+    assert "DUPONT" not in done.stderr and "5.9" not in done.stderr
