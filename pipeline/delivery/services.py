@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from pipeline.closing import Closing
 from pipeline.db import DatabaseUnavailable, first_line, make_engine
 from pipeline.delivery.breaker import CircuitBreaker
-from pipeline.errors import ConfigurationError
+from pipeline.errors import ConfigurationError, LabdispatchError
 from pipeline.ledger.storage import StorageCipher, check_stored_keys, stored_key_ids
 from pipeline.sealing.errors import SigningKeyUnavailable
 from pipeline.sealing.keys import Signer, load_signer
@@ -183,6 +183,29 @@ def storage_cipher(settings: Settings) -> StorageCipher:
     if stored is not None:
         check_stored_keys(stored, cipher, path)
     return cipher
+
+
+class StorageKeyIndex:
+    """The storage key as a blind index (`BlindIndex`), read when first needed: only a
+    directory file or a look-up with a patient's INS needs the key (docs/directory-csv.md).
+    `strict=False` (a read-only tool): without a usable key, patients are looked up by
+    their clear INS only (as rows an older version imported), instead of stopping."""
+
+    def __init__(self, settings: Settings, *, strict: bool = True) -> None:
+        self.settings = settings
+        self.strict = strict
+        self._cipher: StorageCipher | None = None
+        self._unavailable = False
+
+    def blind_indexes(self, text: str) -> list[str]:
+        if self._cipher is None and not self._unavailable:
+            try:
+                self._cipher = storage_cipher(self.settings)
+            except LabdispatchError:
+                if self.strict:
+                    raise
+                self._unavailable = True
+        return self._cipher.blind_indexes(text) if self._cipher is not None else []
 
 
 def retry_policies(settings: Settings) -> dict[str, RetryPolicy]:

@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 from pipeline.db import open_database
-from pipeline.delivery.services import storage_cipher
-from pipeline.ledger.storage import StorageCipher
+from pipeline.delivery.services import StorageKeyIndex
 from pipeline.recipients.directory_csv import import_directory
 from pipeline.recipients.views import describe_recipient, render_recipient
 from pipeline.settings import Settings
@@ -54,7 +53,7 @@ def run_import(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     sessions = open_database(settings)
     with sessions.begin() as session:
-        report = import_directory(session, path, index=_StorageKey(settings))
+        report = import_directory(session, path, index=StorageKeyIndex(settings))
     print(
         f"imported {report.imported} rows: {report.created} created, {report.updated} updated, "
         f"{report.unchanged} unchanged; {report.rejected} rejected"
@@ -69,23 +68,9 @@ def run_show(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     sessions = open_database(settings)
     with sessions() as session:
-        view = describe_recipient(session, args.ref, blind_index=_StorageKey(settings))
+        view = describe_recipient(session, args.ref, blind_index=StorageKeyIndex(settings))
     if args.json:
         print(json.dumps(view.as_json(), indent=2, ensure_ascii=False))
     else:
         print(render_recipient(view))
     return EXIT_OK
-
-
-class _StorageKey:
-    """The storage key, read when first needed: a patient's INS is kept as its keyed hash
-    (docs/directory-csv.md), so only a file or a look-up with an INS needs the key."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._cipher: StorageCipher | None = None
-
-    def blind_indexes(self, text: str) -> list[str]:
-        if self._cipher is None:
-            self._cipher = storage_cipher(self.settings)
-        return self._cipher.blind_indexes(text)
