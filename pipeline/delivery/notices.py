@@ -95,3 +95,27 @@ def write_failure_notice(folder: Path, delivery: Delivery, now: datetime) -> Pat
 
 def _safe(name: str) -> str:
     return _UNSAFE.sub("_", name).strip("._") or "_"
+
+
+def scrub_address(text: str, address: str) -> str:
+    """`text` (a far side's reply) without a patient's address, nor its local part (an
+    MSSanté patient address is the INS @ the patient domain)."""
+    local = address.partition("@")[0]
+    for secret in (address, local if len(local) >= 6 else ""):
+        if secret:
+            text = re.sub(re.escape(secret), PATIENT_ADDRESS, text, flags=re.IGNORECASE)
+    return text
+
+
+#: What stands for a patient's address in evidence, errors and events.
+PATIENT_ADDRESS = "<patient address>"
+
+
+#: An e-mail address, as a relay's reply or a DSN quotes one.
+_MAIL_ADDRESS = re.compile(r"[^\s<>\[\]();:,\"']+@[^\s<>\[\]();:,\"']+")
+
+
+def scrub_mail_addresses(text: str) -> str:
+    """`text` (a DSN's diagnostic about a patient's delivery) without any mail address:
+    whose address it quotes is known, and it may carry the INS."""
+    return _MAIL_ADDRESS.sub(PATIENT_ADDRESS, text)

@@ -19,10 +19,11 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.delivery.notices import give_up
+from pipeline.delivery.notices import give_up, scrub_mail_addresses
 from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Delivery, Receipt
 from pipeline.ledger.states import DELIVERY_RANK
+from pipeline.ledger.storage import is_sealed
 from pipeline.receipts.reports import Report, parse_report
 from pipeline.receipts.sources import ReportSource
 
@@ -62,6 +63,8 @@ def record_report(
             return ReceiptRecorded(None, False, report.kind, "")
     delivery = _match(session, report)
     disposition, detail = _describe(report)
+    if delivery is not None and is_sealed(delivery.channel_address):
+        detail = scrub_mail_addresses(detail)  # a patient's address may carry the INS
     receipt = Receipt(
         delivery_id=delivery.id if delivery is not None else None,
         received_at=now,

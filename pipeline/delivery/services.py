@@ -186,8 +186,9 @@ def storage_cipher(settings: Settings) -> StorageCipher:
 
 
 class StorageKeyIndex:
-    """The storage key as a blind index (`BlindIndex`), read when first needed: only a
-    directory file or a look-up with a patient's INS needs the key (docs/directory-csv.md).
+    """The storage key as the directory uses it (`DirectoryKey`: blind index of a patient's
+    INS, sealing of their addresses), read when first needed: only a directory file or a
+    look-up with a patient needs the key (docs/directory-csv.md).
     `strict=False` (a read-only tool): without a usable key, patients are looked up by
     their clear INS only (as rows an older version imported), instead of stopping."""
 
@@ -198,6 +199,16 @@ class StorageKeyIndex:
         self._unavailable = False
 
     def blind_indexes(self, text: str) -> list[str]:
+        cipher = self._load()
+        return cipher.blind_indexes(text) if cipher is not None else []
+
+    def seal_text(self, text: str, context: str) -> str:
+        cipher = self._load()
+        if cipher is None:  # only a strict one seals (directory import)
+            raise ConfigurationError("no storage key to seal a patient's address with")
+        return cipher.seal_text(text, context)
+
+    def _load(self) -> StorageCipher | None:
         if self._cipher is None and not self._unavailable:
             try:
                 self._cipher = storage_cipher(self.settings)
@@ -205,7 +216,7 @@ class StorageKeyIndex:
                 if self.strict:
                     raise
                 self._unavailable = True
-        return self._cipher.blind_indexes(text) if self._cipher is not None else []
+        return self._cipher
 
 
 def retry_policies(settings: Settings) -> dict[str, RetryPolicy]:

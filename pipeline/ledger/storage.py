@@ -35,6 +35,12 @@ KEY_BYTES = 32
 #: The tables holding data encrypted with the storage key, each with `id` and
 #: `storage_key_id` columns.
 ENCRYPTED_TABLES = ("messages", "rejections")
+#: What a value sealed by `StorageCipher.seal_text` starts with.
+SEALED_PREFIX = "sealed:"
+
+
+def is_sealed(value: str | None) -> bool:
+    return bool(value) and str(value).startswith(SEALED_PREFIX)
 
 
 class StoredMessageUnreadable(LabdispatchError):
@@ -89,6 +95,29 @@ class StorageCipher:
                 *(k for i, k in self.keys.items() if i != self.current),
             )
         ]
+
+    def seal_text(self, text: str, context: str) -> str:
+        """`text` encrypted into a short token (`sealed:<key id>:<base64>`) that a text
+        column holds: deterministic (the nonce is a keyed hash of context and text), so the
+        same text sealed again under the same key gives the same token, and a directory
+        file imported twice changes nothing; bound to `context` like stored messages."""
+        key = self.keys[self.current]
+        nonce = hmac.new(
+            _index_key(key), context.encode() + b"\0" + text.encode(), hashlib.sha256
+        ).digest()[:NONCE_BYTES]
+        sealed = AESGCM(key).encrypt(nonce, text.encode(), context.encode())
+        token = base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
+        return f"{SEALED_PREFIX}{self.current}:{token}"
+
+    def open_text(self, token: str, context: str) -> str:
+        """The text `seal_text` sealed; StoredMessageUnreadable when the key is not in the
+        key file or the token was altered or moved to another context."""
+        key_id, _, data = token.removeprefix(SEALED_PREFIX).partition(":")
+        try:
+            blob = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+        except (binascii.Error, ValueError) as error:
+            raise StoredMessageUnreadable("a sealed value is not in its stored form") from error
+        return self.decrypt(blob, key_id, context).decode()
 
     def encrypt(self, data: bytes, context: str) -> tuple[bytes, str]:
         nonce = os.urandom(NONCE_BYTES)

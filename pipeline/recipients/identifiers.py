@@ -129,6 +129,21 @@ class BlindIndex(Protocol):
         ...
 
 
+class DirectoryKey(BlindIndex, Protocol):
+    """The blind index, and sealing of a patient's channel addresses (which may carry the
+    INS, as MSSanté patient addresses do): the at-rest cipher."""
+
+    def seal_text(self, text: str, context: str) -> str:
+        """`text` sealed into a token a text column holds (deterministic per key)."""
+        ...
+
+
+def address_context(recipient_key: str, kind: str) -> str:
+    """What a patient's sealed channel address is bound to: it opens for that recipient
+    and channel kind only (in the directory, and in the ledger's deliveries)."""
+    return f"patient address\0{recipient_key}\0{kind}"
+
+
 def blind_forms(identifier: Identifier, index: BlindIndex) -> list[str]:
     """The values a private identifier is stored under (first) or found by (all)."""
     return index.blind_indexes(f"{identifier.id_type}\0{identifier.value}")
