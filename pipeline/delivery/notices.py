@@ -97,6 +97,10 @@ def _safe(name: str) -> str:
     return _UNSAFE.sub("_", name).strip("._") or "_"
 
 
+#: What stands for a patient's address in evidence, errors and events.
+PATIENT_ADDRESS = "<patient address>"
+
+
 def scrub_address(text: str, address: str) -> str:
     """`text` (a far side's reply) without a patient's address, nor its local part (an
     MSSanté patient address is the INS @ the patient domain)."""
@@ -105,10 +109,6 @@ def scrub_address(text: str, address: str) -> str:
         if secret:
             text = re.sub(re.escape(secret), PATIENT_ADDRESS, text, flags=re.IGNORECASE)
     return text
-
-
-#: What stands for a patient's address in evidence, errors and events.
-PATIENT_ADDRESS = "<patient address>"
 
 
 #: An e-mail address, as a relay's reply or a DSN quotes one.
