@@ -22,8 +22,10 @@ PRIVATE_DIRECTORY = 0o700
 PRIVATE_FILE = 0o600
 #: What SQLite may keep beside a database file.
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
-#: Folders under `var/` whose files are the service's own too (the embedded broker's).
+#: Folders under `var/` where the service keeps files of its own too (the broker's log).
 PRIVATE_SUBFOLDERS = ("broker",)
+#: The files made private at start: the SQLite ledger and its journals, keys, logs.
+PRIVATE_FILES = ("*.db", "*.db-wal", "*.db-shm", "*.db-journal", "*.key", "*.log")
 
 
 def private_directory(path: Path) -> Path:
@@ -83,18 +85,16 @@ def make_private(path: Path) -> None:
 
 
 def secure_var_dir(var_dir: Path) -> Path:
-    """Create `var/` private, or make it and the service's files in it private: its own
-    files (ledger, key, beat schedule…) and those of `PRIVATE_SUBFOLDERS` (broker log).
-    The other folders in it (outbox, mailboxes, notices) are left as they are: `var/`
-    being 0700 already keeps other users out of them."""
+    """Create `var/` private, or make it and the service's own files in it private: the
+    ledger and its journals, key files and logs (`PRIVATE_FILES`), in `var/` and in the
+    embedded broker's folder. Other files (the beat schedule, the broker's pid and data)
+    hold no health data and are left as their programs make them: `var/` being 0700
+    already keeps other users out of all of it."""
     private_directory(var_dir)
-    for entry in _entries(var_dir):
-        if entry.is_dir() and entry.name not in PRIVATE_SUBFOLDERS:
-            continue
-        make_private(entry)
-    for name in PRIVATE_SUBFOLDERS:
-        for entry in _entries(var_dir / name):
-            make_private(entry)
+    for folder in (var_dir, *(var_dir / name for name in PRIVATE_SUBFOLDERS)):
+        for pattern in PRIVATE_FILES:
+            for path in sorted(folder.glob(pattern)):
+                make_private(path)
     return var_dir
 
 
@@ -110,10 +110,3 @@ def private_sqlite_file(database: Path, var_dir: Path) -> None:
     private_file(database)
     for suffix in SQLITE_SIDE_FILES:
         make_private(database.with_name(database.name + suffix))
-
-
-def _entries(folder: Path) -> list[Path]:
-    try:
-        return list(folder.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
