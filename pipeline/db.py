@@ -26,6 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from pipeline.errors import LabdispatchError
+from pipeline.ledger.files import private_sqlite_file
 from pipeline.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -105,7 +106,8 @@ def make_engine(settings: Settings) -> Engine:
         return create_engine(url, pool_pre_ping=True)
 
     if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
-        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # The ledger readable by the service alone, journals included (`ledger.files`).
+        private_sqlite_file(Path(url.database).expanduser(), settings.var_dir)
     engine = create_engine(url)
 
     @event.listens_for(engine, "connect")

@@ -234,9 +234,11 @@ class Settings:
         return self.database_url.startswith("sqlite")
 
     def ensure_var_dir(self) -> Path:
-        """Create `var/` on first use so the embedded default needs no set-up step."""
-        self.var_dir.mkdir(parents=True, exist_ok=True)
-        return self.var_dir
+        """Create `var/` on first use so the embedded default needs no set-up step; it and
+        the service's files in it are readable by the service alone (`ledger.files`)."""
+        from pipeline.ledger.files import secure_var_dir
+
+        return secure_var_dir(self.var_dir)
 
     @property
     def storage_key_path(self) -> Path:
@@ -340,3 +342,9 @@ class _Reader:
         if number <= 0:
             raise ConfigurationError(f"{PREFIX}{name} must be positive, not {value!r}")
         return number
+
+
+def debug_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """`LABDISPATCH_DEBUG=1`: a developer asked for tracebacks (still never an exception's
+    text in a log line written by `pipeline.logsafe`)."""
+    return (os.environ if env is None else env).get(PREFIX + "DEBUG", "").strip() == "1"

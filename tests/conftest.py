@@ -111,6 +111,7 @@ def cli_env(
         key_file = tmp_path / "keys" / "storage.key"
         key_file.parent.mkdir()
         key_file.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+        key_file.chmod(0o600)  # as docs/delivery.md says (else: made so, with a warning)
         monkeypatch.setenv("LABDISPATCH_STORAGE_KEY_FILE", str(key_file))
     return database_url
 

@@ -46,6 +46,7 @@ import redis
 from redis.exceptions import BusyLoadingError, RedisError
 
 from pipeline.errors import ConfigurationError, LabdispatchError
+from pipeline.ledger.files import private_file
 from pipeline.settings import Settings
 
 #: Seconds a starting server has to answer PING (it loads its append-only file first; while
@@ -155,6 +156,7 @@ def start_embedded(settings: Settings, *, timeout: float = START_TIMEOUT) -> Emb
     processes at once (exactly one server is started). The calling process counts as one
     of its users from then on (see `one_shot_broker`)."""
     broker = embedded_broker(settings)
+    settings.ensure_var_dir()  # var/ private first: mkdir(parents=True) would make it 0755
     broker.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     _use(broker)
     if ping(broker.url, timeout=PING_TIMEOUT):
@@ -354,6 +356,7 @@ def _launch(executable: str, broker: EmbeddedBroker, timeout: float) -> None:
     # A crash leaves a pid file behind; the starting server would report that dead pid
     # until it writes its own, and we watch the pid file to notice an early exit.
     broker.pid_file.unlink(missing_ok=True)
+    private_file(broker.log_file)  # Redis appends to it as it finds it: 0600, not 0644
     command = [
         executable,
         "--port", "0",  # no TCP listener: the socket below only

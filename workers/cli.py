@@ -16,6 +16,7 @@ from importlib import metadata
 from typing import Any
 
 from pipeline.errors import LabdispatchError
+from pipeline.logsafe import traceback_without_values
 from workers.commands import api as api_commands
 from workers.commands import bench as bench_commands
 from workers.commands import broker, deliver, directory, inspect, pki, receipts, trace, watch
@@ -85,7 +86,15 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 class _Debug(logging.Formatter):
-    """Everything, tracebacks included: for a developer who asked for it."""
+    """Everything, tracebacks included: for a developer who asked for it. A traceback's
+    last line is the exception's types, not its text (which may quote a result): every
+    `exc_info` of every process is safe under LABDISPATCH_DEBUG too."""
+
+    def formatException(self, ei: Any) -> str:
+        error = ei[1]
+        if isinstance(error, BaseException):
+            return traceback_without_values(error)
+        return super().formatException(ei)
 
 
 def _configure_logging() -> None:

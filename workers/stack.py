@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.closing import Closing
 from pipeline.errors import LabdispatchError
+from pipeline.ledger.files import private_file
 from pipeline.ledger.models import Delivery, Message
 from pipeline.ledger.states import OPEN_STATES
 
@@ -59,7 +60,8 @@ class Stack(Closing):
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         """Start `labdispatch ARGS...` as the process called `name`."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.log_dir / f"{name}.log").open("ab")
+        # Readable by the operator alone, like every file of the service (`ledger.files`).
+        log = private_file(self.log_dir / f"{name}.log").open("ab")
         process = subprocess.Popen(
             [sys.executable, "-m", "workers.cli", *args],
             env=self._environment(),

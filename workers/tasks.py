@@ -87,7 +87,10 @@ def receipts() -> int:
     if not settings.receipts.imap_host and not settings.receipts_maildir_path.is_dir():
         return 0  # nowhere reports come back to yet
     with report_source(settings) as source:
-        return len(collect_receipts(rt.sessions, source, now=rt.services.clock()))
+        recorded = collect_receipts(
+            rt.sessions, source, now=rt.services.clock(), notices_dir=rt.services.notices_dir
+        )
+        return len(recorded)
 
 
 @app.task(name="labdispatch.noop")

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.delivery.circuits import save_circuits
-from pipeline.delivery.notices import write_failure_notice
+from pipeline.delivery.notices import give_up, scrub_address
 from pipeline.delivery.record import read_stored
 from pipeline.delivery.services import DeliveryServices
 from pipeline.errors import LabdispatchError
@@ -32,7 +32,10 @@ from pipeline.hprim.intake import HprimResult
 from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Attempt, Delivery, Message
 from pipeline.ledger.states import OPEN_STATES
+from pipeline.ledger.storage import StoredMessageUnreadable, is_sealed
+from pipeline.logsafe import log_failure
 from pipeline.reading import read_again
+from pipeline.recipients.identifiers import address_context
 from pipeline.recipients.models import Recipient
 from pipeline.sealing.content import HPRIM_EXTENSION, HPRIM_TYPE, ResultSummary, build_content
 from pipeline.sealing.keys import Signer, check_signer, recipient_certificate
@@ -93,7 +96,7 @@ def dispatch_delivery(session: Session, delivery: Delivery, services: DeliverySe
         except Exception as error:
             # A bug of ours must not stop the other deliveries (ARCHITECTURE rule 3). The
             # type and the delivery only: an exception's text may quote the message.
-            logger.exception("sealing delivery %s failed", delivery.id)
+            log_failure(logger, f"sealing delivery {delivery.id}", error)
             fail_delivery(
                 session,
                 delivery,
@@ -169,7 +172,7 @@ def seal_delivery(
     headers = EnvelopeHeaders(
         message_id=delivery.envelope_message_id,
         from_address=services.mail_from,
-        to_address=delivery.channel_address if delivery.channel_kind == "mail" else "",
+        to_address=_to_header(delivery),
         subject=subject_for(message.laboratory, message.control_id, result_status),
         disposition_notification_to=services.mail_from,
         date=now,
@@ -193,6 +196,25 @@ def send_delivery(session: Session, delivery: Delivery, services: DeliveryServic
     message = delivery.message
     kind = delivery.channel_kind
     address = delivery.channel_address or ""
+    sealed = is_sealed(address)
+    if sealed:
+        # A patient's address is kept sealed (it may carry the INS): opened for the send
+        # only, and kept out of what is recorded of it.
+        try:
+            address = services.cipher.open_text(
+                address, address_context(delivery.recipient_key or "", kind)
+            )
+        except StoredMessageUnreadable:
+            fail_delivery(
+                session,
+                delivery,
+                "not sent: the patient's sealed address does not open with the storage key "
+                "file (a previous key left out of it, or the row altered); import the "
+                "directory again, then replay",
+                services.clock(),
+                services,
+            )
+            return delivery.state
     started = services.clock()
     # The kind stands in until the transport names the far side; once named, a failure is
     # recorded against it even when the transport raised (a half-open trial must end).
@@ -217,7 +239,7 @@ def send_delivery(session: Session, delivery: Delivery, services: DeliveryServic
         # Transports answer with outcomes; an exception is a bug, and must not stop the
         # other deliveries. Whether the far side got it is unknown: retrying resends the
         # same envelope under the same Message-ID, which the far side can de-duplicate.
-        logger.exception("sending delivery %s failed", delivery.id)
+        log_failure(logger, f"sending delivery {delivery.id}", error)
         services.discard(kind)  # its connection may be in any state: start afresh
         result = SendResult(
             Outcome.TRANSIENT,
@@ -225,6 +247,8 @@ def send_delivery(session: Session, delivery: Delivery, services: DeliveryServic
         )
     finished = services.clock()
     services.breaker.record(destination, result.outcome, finished)
+    if sealed:
+        result = replace(result, evidence=scrub_address(result.evidence, address))
 
     delivery.attempts += 1
     delivery.first_attempt_at = delivery.first_attempt_at or started
@@ -324,6 +348,16 @@ def _wait_for_circuit(
     return delivery.state
 
 
+def _to_header(delivery: Delivery) -> str:
+    """The envelope's To: the mail address, but never a patient's sealed one (the envelope
+    is stored in the ledger as it is sent): an empty group instead, as RFC 5322 allows."""
+    if delivery.channel_kind != "mail":
+        return ""
+    if is_sealed(delivery.channel_address):
+        return "undisclosed-recipients:;"
+    return delivery.channel_address or ""
+
+
 #: Appended to the last real error while a delivery waits for its destination's circuit.
 _CIRCUIT_OPEN = " [destination unavailable: circuit open, waiting for it to come back]"
 
@@ -335,22 +369,5 @@ def fail_delivery(
     now: datetime,
     services: DeliveryServices,
 ) -> None:
-    """Give a delivery up, with the reason, and tell its laboratory."""
-    delivery.state = "failed"
-    delivery.failed_at = now
-    delivery.updated_at = now
-    delivery.next_attempt_at = None
-    delivery.leased_until = None
-    delivery.last_error = reason
-    record_event(session, delivery.message, "failed", reason, now, delivery)
-    if services.notices_dir is not None:
-        path = write_failure_notice(services.notices_dir, delivery, now)
-        delivery.notified_at = now
-        record_event(
-            session,
-            delivery.message,
-            "notified",
-            f"laboratory told: {path.parent.name}/{path.name}",
-            now,
-            delivery,
-        )
+    """Give a delivery up, with the reason, and tell its laboratory (`notices.give_up`)."""
+    give_up(session, delivery, reason, now, services.notices_dir)

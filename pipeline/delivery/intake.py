@@ -122,7 +122,12 @@ def accept_batch(
                 message = record.message or session.get_one(Message, record.message_id)
                 assert result.facts is not None
                 report = route_message(
-                    session, message, result.facts, mail_domain=services.mail_domain, now=now
+                    session,
+                    message,
+                    result.facts,
+                    mail_domain=services.mail_domain,
+                    now=now,
+                    blind_index=services.cipher,
                 )
             group_answers.append(
                 Answer(result, record, held=held, route=report, ack=result.accept_ack())

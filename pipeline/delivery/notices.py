@@ -7,6 +7,10 @@ notices folder (`LABDISPATCH_NOTICES_DIR/<MSH-4>/`, a folder its staff or its LI
 poll, like a file-interface outbox). It names the result by control ID, the recipient by
 directory key and the reason; no patient datum is in it. The file name comes from the
 delivery, so writing it again (a retried transaction) leaves one notice.
+
+`give_up` is the one way a delivery becomes `failed`, whoever decides it (the far side at
+RCPT, retries exhausted, sealing, a DSN or MDN reporting failure): the failed state, its
+event and the notice to the laboratory always go together.
 """
 
 from __future__ import annotations
@@ -16,10 +20,38 @@ import re
 from datetime import datetime
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
 from pipeline.hl7.participants import PATIENT
+from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Delivery
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def give_up(
+    session: Session, delivery: Delivery, reason: str, now: datetime, notices_dir: Path | None
+) -> None:
+    """Fail a delivery with the reason and tell its laboratory (`notices_dir` None: tests
+    and tools that keep no notices). The caller commits."""
+    delivery.state = "failed"
+    delivery.failed_at = now
+    delivery.updated_at = now
+    delivery.next_attempt_at = None
+    delivery.leased_until = None
+    delivery.last_error = reason
+    record_event(session, delivery.message, "failed", reason, now, delivery)
+    if notices_dir is not None:
+        path = write_failure_notice(notices_dir, delivery, now)
+        delivery.notified_at = now
+        record_event(
+            session,
+            delivery.message,
+            "notified",
+            f"laboratory told: {path.parent.name}/{path.name}",
+            now,
+            delivery,
+        )
 
 
 def write_failure_notice(folder: Path, delivery: Delivery, now: datetime) -> Path:
@@ -63,3 +95,27 @@ def write_failure_notice(folder: Path, delivery: Delivery, now: datetime) -> Pat
 
 def _safe(name: str) -> str:
     return _UNSAFE.sub("_", name).strip("._") or "_"
+
+
+#: What stands for a patient's address in evidence, errors and events.
+PATIENT_ADDRESS = "<patient address>"
+
+
+def scrub_address(text: str, address: str) -> str:
+    """`text` (a far side's reply) without a patient's address, nor its local part (an
+    MSSanté patient address is the INS @ the patient domain)."""
+    local = address.partition("@")[0]
+    for secret in (address, local if len(local) >= 6 else ""):
+        if secret:
+            text = re.sub(re.escape(secret), PATIENT_ADDRESS, text, flags=re.IGNORECASE)
+    return text
+
+
+#: An e-mail address, as a relay's reply or a DSN quotes one.
+_MAIL_ADDRESS = re.compile(r"[^\s<>\[\]();:,\"']+@[^\s<>\[\]();:,\"']+")
+
+
+def scrub_mail_addresses(text: str) -> str:
+    """`text` (a DSN's diagnostic about a patient's delivery) without any mail address:
+    whose address it quotes is known, and it may carry the INS."""
+    return _MAIL_ADDRESS.sub(PATIENT_ADDRESS, text)

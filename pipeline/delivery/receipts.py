@@ -5,19 +5,25 @@ envelope's Message-ID (Original-Message-ID, or the returned headers). A report n
 a delivery backwards (a late "delivered" DSN after a "displayed" MDN leaves it read). A
 report that matches nothing, or is not a report at all, is still recorded, as unmatched or
 unrecognised, so ops can see what came back; reading the same report twice records it once.
+A report of failure fails the delivery the one way every failure does (`notices.give_up`):
+its laboratory is told, as when the far side refuses at RCPT time. Behind a real relay
+almost every recipient failure arrives this way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline.delivery.notices import give_up, scrub_mail_addresses
 from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Delivery, Receipt
 from pipeline.ledger.states import DELIVERY_RANK
+from pipeline.ledger.storage import is_sealed
 from pipeline.receipts.reports import Report, parse_report
 from pipeline.receipts.sources import ReportSource
 
@@ -45,9 +51,10 @@ class ReceiptRecorded:
 
 
 def record_report(
-    session: Session, report: Report, *, source: str, now: datetime
+    session: Session, report: Report, *, source: str, now: datetime, notices_dir: Path | None
 ) -> ReceiptRecorded:
-    """Record one parsed report and apply it to its delivery; the caller commits."""
+    """Record one parsed report and apply it to its delivery; the caller commits. A failure
+    report tells the delivery's laboratory through `notices_dir` (see `notices.give_up`)."""
     if report.report_message_id is not None:
         known = session.scalar(
             select(Receipt.id).where(Receipt.report_message_id == report.report_message_id)
@@ -56,6 +63,8 @@ def record_report(
             return ReceiptRecorded(None, False, report.kind, "")
     delivery = _match(session, report)
     disposition, detail = _describe(report)
+    if delivery is not None and is_sealed(delivery.channel_address):
+        detail = scrub_mail_addresses(detail)  # a patient's address may carry the INS
     receipt = Receipt(
         delivery_id=delivery.id if delivery is not None else None,
         received_at=now,
@@ -70,12 +79,17 @@ def record_report(
     session.add(receipt)
     session.flush()
     if delivery is not None:
-        _apply(session, delivery, report.kind, disposition, detail, now)
+        _apply(session, delivery, report.kind, disposition, detail, now, notices_dir)
     return ReceiptRecorded(receipt.id, delivery is not None, report.kind, disposition)
 
 
 def collect_receipts(
-    sessions: sessionmaker[Session], source: ReportSource, *, now: datetime, limit: int = 500
+    sessions: sessionmaker[Session],
+    source: ReportSource,
+    *,
+    now: datetime,
+    notices_dir: Path | None,
+    limit: int = 500,
 ) -> list[ReceiptRecorded]:
     """Read what the source holds, record each report, then mark it done at the source:
     a crash in between re-reads it, and the report's Message-ID keeps it recorded once."""
@@ -83,7 +97,11 @@ def collect_receipts(
     for incoming in source.pending(limit=limit):
         report = parse_report(incoming.data)
         with sessions.begin() as session:
-            recorded.append(record_report(session, report, source=incoming.source_id, now=now))
+            recorded.append(
+                record_report(
+                    session, report, source=incoming.source_id, now=now, notices_dir=notices_dir
+                )
+            )
         source.mark_done(incoming.source_id)
     return recorded
 
@@ -119,15 +137,29 @@ def _describe(report: Report) -> tuple[str, str]:
 
 
 def _apply(
-    session: Session, delivery: Delivery, kind: str, disposition: str, detail: str, now: datetime
+    session: Session,
+    delivery: Delivery,
+    kind: str,
+    disposition: str,
+    detail: str,
+    now: datetime,
+    notices_dir: Path | None,
 ) -> None:
     effects = MDN_EFFECTS if kind == "mdn" else DSN_EFFECTS if kind == "dsn" else {}
     state, event = effects.get(disposition, ("", "receipt"))
-    record_event(session, delivery.message, event, detail, now, delivery)
-    if not state or DELIVERY_RANK[state] <= DELIVERY_RANK[delivery.state]:
+    moves = bool(state) and DELIVERY_RANK[state] > DELIVERY_RANK[delivery.state]
+    if state == "failed":
+        if moves and delivery.state not in ("delivered", "read"):
+            # The failed event, the notice and the `notified` event, as for every failure.
+            give_up(session, delivery, detail, now, notices_dir)
+        else:
+            # Already failed, or a failure report about a copy that was already delivered:
+            # noted, changes nothing.
+            record_event(session, delivery.message, "receipt", detail, now, delivery)
         return
-    if state == "failed" and delivery.state in ("delivered", "read"):
-        return  # a failure report about a copy that was already delivered changes nothing
+    record_event(session, delivery.message, event, detail, now, delivery)
+    if not moves:
+        return
     delivery.state = state
     delivery.updated_at = now
     if state == "delivered":
@@ -135,6 +167,3 @@ def _apply(
     elif state == "read":
         delivery.read_at = now
         delivery.delivered_at = delivery.delivered_at or now
-    elif state == "failed":
-        delivery.failed_at = now
-        delivery.last_error = detail

@@ -153,7 +153,7 @@ def resume_unroutable(
             if result.facts is None:
                 continue
             taken = {d.recipient_key for d in message.deliveries if d.state != "unroutable"}
-            answers = route(session, result.facts)
+            answers = route(session, result.facts, blind_index=services.cipher)
             for answer in answers:
                 resolution = answer.resolution
                 key = resolution.recipient_key

@@ -25,6 +25,7 @@ from pipeline.hl7.facts import RoutingFacts
 from pipeline.hl7.participants import PATIENT, Participant
 from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Delivery, Message
+from pipeline.recipients.identifiers import BlindIndex
 from pipeline.recipients.models import Recipient
 from pipeline.recipients.routing import RoutedRecipient, route_many
 
@@ -36,10 +37,18 @@ class RouteReport:
 
 
 def route_message(
-    session: Session, message: Message, facts: RoutingFacts, *, mail_domain: str, now: datetime
+    session: Session,
+    message: Message,
+    facts: RoutingFacts,
+    *,
+    mail_domain: str,
+    now: datetime,
+    blind_index: BlindIndex | None = None,
 ) -> RouteReport:
     """Create the message's deliveries; a message already routed is left as it is."""
-    return route_messages(session, [(message, facts)], mail_domain=mail_domain, now=now)[0]
+    return route_messages(
+        session, [(message, facts)], mail_domain=mail_domain, now=now, blind_index=blind_index
+    )[0]
 
 
 def route_messages(
@@ -48,9 +57,11 @@ def route_messages(
     *,
     mail_domain: str,
     now: datetime,
+    blind_index: BlindIndex | None = None,
 ) -> list[RouteReport]:
     """Route a batch: the directory is asked once for all of it (`route_many`), and the
-    deliveries and their events go to the database together at the next flush."""
+    deliveries and their events go to the database together at the next flush.
+    `blind_index` (the at-rest cipher) finds patients by the keyed hash of their INS."""
     reports: list[RouteReport | None] = [None] * len(items)
     to_route: list[int] = []
     for index, (message, _) in enumerate(items):
@@ -61,7 +72,7 @@ def route_messages(
                 routed=sum(1 for d in message.deliveries if d.state != "unroutable"),
                 unroutable=sum(1 for d in message.deliveries if d.state == "unroutable"),
             )
-    all_answers = route_many(session, [items[i][1] for i in to_route])
+    all_answers = route_many(session, [items[i][1] for i in to_route], blind_index=blind_index)
     keys = {
         a.resolution.recipient_key
         for answers in all_answers

@@ -8,6 +8,7 @@ and kept for the life of the object, so a run of envelopes reuses one SMTP conne
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -15,10 +16,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from pipeline.closing import Closing
+from pipeline.db import DatabaseUnavailable, first_line, make_engine
 from pipeline.delivery.breaker import CircuitBreaker
-from pipeline.errors import ConfigurationError
-from pipeline.ledger.storage import StorageCipher
+from pipeline.errors import ConfigurationError, LabdispatchError
+from pipeline.ledger.storage import StorageCipher, check_stored_keys, stored_key_ids
 from pipeline.sealing.errors import SigningKeyUnavailable
 from pipeline.sealing.keys import Signer, load_signer
 from pipeline.settings import Settings, SigningSettings, read_secret
@@ -29,6 +33,8 @@ from pipeline.transports.retry import DEFAULT_POLICIES, RetryPolicy
 from pipeline.transports.smtp import SmtpConfig, SmtpTransport
 
 TransportFactory = Callable[[], Transport]
+
+logger = logging.getLogger(__name__)
 
 
 def utc_now() -> datetime:
@@ -92,17 +98,7 @@ class DeliveryServices(Closing):
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryServices:
         settings.ensure_var_dir()
-        if settings.storage_key_file is None and not settings.uses_embedded_database:
-            # A key generated under var/ beside a PostgreSQL ledger would be lost with the
-            # host, and every stored message with it: production names its key file.
-            raise ConfigurationError(
-                "LABDISPATCH_STORAGE_KEY_FILE must name the key that encrypts stored results "
-                "when the ledger is not the embedded SQLite file (create one with: "
-                "head -c 32 /dev/urandom | base64 > storage.key; chmod 600 storage.key)"
-            )
-        cipher = StorageCipher.from_file(
-            settings.storage_key_path, create=settings.storage_key_file is None
-        )
+        cipher = storage_cipher(settings)
         return cls(
             cipher=cipher,
             signers=SignerRegistry(settings.signing),
@@ -147,6 +143,80 @@ class DeliveryServices(Closing):
         for transport in self._open.values():
             transport.close()
         self._open.clear()
+
+
+def storage_cipher(settings: Settings) -> StorageCipher:
+    """The storage key, checked against the ledger: rows stored under a key id the key file
+    does not hold stop the process (`StorageKeyMissing`), and the embedded key is created
+    only over a ledger with no encrypted row yet. A ledger that cannot be read now (a
+    process may start before its database: the API reports it on /readyz) is not checked,
+    with a warning, and no key is created over it."""
+    if settings.storage_key_file is None and not settings.uses_embedded_database:
+        # A key generated under var/ beside a PostgreSQL ledger would be lost with the
+        # host, and every stored message with it: production names its key file.
+        raise ConfigurationError(
+            "LABDISPATCH_STORAGE_KEY_FILE must name the key that encrypts stored results "
+            "when the ledger is not the embedded SQLite file (create one with: "
+            "head -c 32 /dev/urandom | base64 > storage.key; chmod 600 storage.key)"
+        )
+    path = settings.storage_key_path
+    create = settings.storage_key_file is None and not path.exists()
+    engine = make_engine(settings)
+    stored: set[str] | None
+    try:
+        with engine.connect() as connection:
+            stored = stored_key_ids(connection)
+    except SQLAlchemyError as error:
+        stored = None
+        reason = first_line(getattr(error, "orig", None) or error)
+        if create:
+            raise DatabaseUnavailable(
+                f"cannot read the ledger ({reason}), so no storage key is created for it: "
+                f"a ledger holding results would need the key it was stored with ({path})"
+            ) from error
+        logger.warning("the storage key could not be checked against the ledger: %s", reason)
+    finally:
+        engine.dispose()
+    if create:
+        check_stored_keys(stored or set(), None, path)
+    cipher = StorageCipher.from_file(path, create=create)
+    if stored is not None:
+        check_stored_keys(stored, cipher, path)
+    return cipher
+
+
+class StorageKeyIndex:
+    """The storage key as the directory uses it (`DirectoryKey`: blind index of a patient's
+    INS, sealing of their addresses), read when first needed: only a directory file or a
+    look-up with a patient needs the key (docs/directory-csv.md).
+    `strict=False` (a read-only tool): without a usable key, patients are looked up by
+    their clear INS only (as rows an older version imported), instead of stopping."""
+
+    def __init__(self, settings: Settings, *, strict: bool = True) -> None:
+        self.settings = settings
+        self.strict = strict
+        self._cipher: StorageCipher | None = None
+        self._unavailable = False
+
+    def blind_indexes(self, text: str) -> list[str]:
+        cipher = self._load()
+        return cipher.blind_indexes(text) if cipher is not None else []
+
+    def seal_text(self, text: str, context: str) -> str:
+        cipher = self._load()
+        if cipher is None:  # only a strict one seals (directory import)
+            raise ConfigurationError("no storage key to seal a patient's address with")
+        return cipher.seal_text(text, context)
+
+    def _load(self) -> StorageCipher | None:
+        if self._cipher is None and not self._unavailable:
+            try:
+                self._cipher = storage_cipher(self.settings)
+            except LabdispatchError:
+                if self.strict:
+                    raise
+                self._unavailable = True
+        return self._cipher
 
 
 def retry_policies(settings: Settings) -> dict[str, RetryPolicy]:

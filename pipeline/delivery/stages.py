@@ -40,6 +40,7 @@ from pipeline.errors import LabdispatchError
 from pipeline.hl7.facts import RoutingFacts
 from pipeline.ledger.models import Delivery, Message
 from pipeline.ledger.states import OPEN_STATES
+from pipeline.logsafe import log_failure
 from pipeline.recipients.models import Recipient
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,13 @@ def route_stage(
             readable.append((message, facts))
         try:
             with session.begin_nested():
-                route_messages(session, readable, mail_domain=services.mail_domain, now=now)
+                route_messages(
+                    session,
+                    readable,
+                    mail_domain=services.mail_domain,
+                    now=now,
+                    blind_index=services.cipher,
+                )
                 session.flush()
             routed = [message.id for message, _ in readable]
         except Exception:
@@ -91,7 +98,11 @@ def route_stage(
                 try:
                     with session.begin_nested():
                         route_messages(
-                            session, [(message, facts)], mail_domain=services.mail_domain, now=now
+                            session,
+                            [(message, facts)],
+                            mail_domain=services.mail_domain,
+                            now=now,
+                            blind_index=services.cipher,
                         )
                         session.flush()
                     routed.append(message.id)
@@ -214,8 +225,8 @@ def _stored_facts(message: Message, services: DeliveryServices) -> RoutingFacts 
 
 
 def _log_stage_error(doing: str, row_id: int, error: BaseException) -> None:
-    # The type only: an exception's text may quote the message.
-    logger.error("%s %s failed: %s", doing, row_id, type(error).__name__, exc_info=True)
+    # The type only: an exception's text may quote the message (`pipeline.logsafe`).
+    log_failure(logger, f"{doing} {row_id}", error)
 
 
 def claim(

@@ -46,6 +46,7 @@ A header with unknown or missing required columns is one error, and nothing is i
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -74,8 +75,11 @@ from pipeline.recipients.identifiers import (
     RPPS,
     SIREN,
     SIRET,
+    DirectoryKey,
     Identifier,
+    address_context,
     parse_identifier_text,
+    stored_form,
 )
 from pipeline.recipients.models import CHANNEL_KINDS, RECIPIENT_KINDS
 
@@ -109,12 +113,27 @@ MAX_KEY = 64
 MAX_NAME = 200
 MAX_CODE = 64
 MAX_ADDRESS = 500
+#: The longest patient address that still fits the column once sealed (base64 of the
+#: address with its nonce and tag, after the key id).
+MAX_SEALED_ADDRESS = 320
 
 T = TypeVar("T")
 
+#: What the directory keeps as a patient's name (the name itself is not kept: routing
+#: needs none, and the laboratory knows its patient).
+PATIENT_NAME = "(patient)"
 
-def import_directory(session: Session, path: Path) -> ImportReport:
+
+def import_directory(
+    session: Session, path: Path, *, index: DirectoryKey | None = None
+) -> ImportReport:
     """Create or update recipients from `path`; the caller commits.
+
+    With `index` (the at-rest cipher: `labdispatch directory import` always gives it), a
+    patient's identity is not kept in clear: the INS is stored as its keyed hash, which
+    routing finds by, and the patient's name not at all (`PATIENT_NAME` instead). Without
+    it (tests, tools with no storage key) rows are stored as written. A patient's channel
+    addresses are sealed (`StorageCipher.seal_text`): the transport opens them at send time.
 
     Raises UnreadableDirectoryFile when the file cannot be read or decoded at all.
     """
@@ -133,6 +152,11 @@ def import_directory(session: Session, path: Path) -> ImportReport:
             report.errors.extend(errors)
             continue
         seen_keys[plan.key] = line
+        if index is not None:
+            plan, problem = _protected(plan, index)
+            if problem is not None:
+                report.errors.append(problem)
+                continue
         plans.append(plan)
 
     write_plans(session, plans, report)
@@ -141,6 +165,33 @@ def import_directory(session: Session, path: Path) -> ImportReport:
 
 
 # --- reading -------------------------------------------------------------------------------
+
+
+def _protected(plan: RowPlan, index: DirectoryKey) -> tuple[RowPlan, RowError | None]:
+    """The row as the directory keeps it: private identifiers hashed; a patient unnamed,
+    their channel addresses sealed (an MSSanté patient address carries the INS)."""
+    identifiers = plan.identifiers
+    if identifiers is not None:
+        identifiers = tuple(stored_form(identifier, index) for identifier in identifiers)
+    if plan.kind != "patient":
+        return dataclasses.replace(plan, identifiers=identifiers), None
+    channels = plan.channels
+    if channels is not None:
+        channels = tuple(
+            (kind, index.seal_text(address, address_context(plan.key, kind)))
+            for kind, address in channels
+        )
+        if any(len(address) > MAX_ADDRESS for _, address in channels):
+            return plan, RowError(
+                plan.line,
+                "channels",
+                "a patient's address is kept sealed, which makes it longer: at most "
+                f"{MAX_SEALED_ADDRESS} characters",
+            )
+    return (
+        dataclasses.replace(plan, identifiers=identifiers, name=PATIENT_NAME, channels=channels),
+        None,
+    )
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:

@@ -9,6 +9,7 @@ local code only their LIS knows. Routing and the directory compare identifiers o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 #: Identifier types that name a person or organisation nationally; looked up without a lab.
 RPPS = "RPPS"
@@ -22,6 +23,9 @@ IDNPS = "IDNPS"
 LOCAL = "LOCAL"
 
 NATIONAL_TYPES = frozenset({RPPS, ADELI, FINESS, SIREN, SIRET, INS})
+#: Identifiers of patients: kept in the directory as a keyed hash, never in clear
+#: (`BlindIndex`; docs/directory-csv.md "Patients").
+PRIVATE_TYPES = frozenset({INS})
 
 #: ANS assigning authority for professionals' national identifiers (IDNPS).
 IDNPS_OID = "1.2.250.1.71.4.2.1"
@@ -114,3 +118,39 @@ def parse_identifier_text(text: str) -> Identifier | None:
     if not sep:
         return None
     return normalise_identifier(value, kind)
+
+
+class BlindIndex(Protocol):
+    """What stores and finds a private identifier without keeping it in clear: the at-rest
+    cipher (`pipeline.ledger.storage.StorageCipher`), keyed by the storage key."""
+
+    def blind_indexes(self, text: str) -> list[str]:
+        """Keyed hashes of `text`, the one to store first, every one to look up by."""
+        ...
+
+
+class DirectoryKey(BlindIndex, Protocol):
+    """The blind index, and sealing of a patient's channel addresses (which may carry the
+    INS, as MSSanté patient addresses do): the at-rest cipher."""
+
+    def seal_text(self, text: str, context: str) -> str:
+        """`text` sealed into a token a text column holds (deterministic per key)."""
+        ...
+
+
+def address_context(recipient_key: str, kind: str) -> str:
+    """What a patient's sealed channel address is bound to: it opens for that recipient
+    and channel kind only (in the directory, and in the ledger's deliveries)."""
+    return f"patient address\0{recipient_key}\0{kind}"
+
+
+def blind_forms(identifier: Identifier, index: BlindIndex) -> list[str]:
+    """The values a private identifier is stored under (first) or found by (all)."""
+    return index.blind_indexes(f"{identifier.id_type}\0{identifier.value}")
+
+
+def stored_form(identifier: Identifier, index: BlindIndex | None) -> Identifier:
+    """The identifier as the directory keeps it: a private one as its keyed hash."""
+    if index is None or identifier.id_type not in PRIVATE_TYPES:
+        return identifier
+    return Identifier(identifier.id_type, blind_forms(identifier, index)[0], "")

@@ -21,7 +21,7 @@ from typing import TypeVar
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from pipeline.recipients.identifiers import Identifier
+from pipeline.recipients.identifiers import PRIVATE_TYPES, BlindIndex, Identifier, blind_forms
 from pipeline.recipients.models import Laboratory, LocalCode, Recipient, RecipientIdentifier
 
 #: Values per IN list: well under every engine's bound-parameter limit.
@@ -44,19 +44,39 @@ class Resolution:
         return self.recipient_key is not None
 
 
-def resolve(session: Session, lab_code: str, wanted: Identifier | None) -> Resolution:
+def resolve(
+    session: Session,
+    lab_code: str,
+    wanted: Identifier | None,
+    *,
+    index: BlindIndex | None = None,
+) -> Resolution:
     """Find the recipient `lab_code` (MSH-4) means by `wanted`."""
-    return resolve_many(session, lab_code, [wanted])[0]
+    return resolve_many(session, lab_code, [wanted], index=index)[0]
 
 
 def resolve_many(
-    session: Session, lab_code: str, wanted: Sequence[Identifier | None]
+    session: Session,
+    lab_code: str,
+    wanted: Sequence[Identifier | None],
+    *,
+    index: BlindIndex | None = None,
 ) -> list[Resolution]:
-    """Resolve a batch from one laboratory; answers come in the order asked."""
+    """Resolve a batch from one laboratory; answers come in the order asked. A private
+    identifier (INS) is also looked up by its keyed hashes under `index`, the form the
+    directory keeps it in (`directory_csv.import_directory`)."""
     national = {(w.id_type, w.value) for w in wanted if w is not None and w.is_national}
     local = {w.value for w in wanted if w is not None and not w.is_national}
 
-    by_national = _national_owners(session, national)
+    lookup = {pair: pair for pair in national}
+    if index is not None:
+        for id_type, value in national:
+            if id_type in PRIVATE_TYPES:
+                for form in blind_forms(Identifier(id_type, value), index):
+                    lookup[(id_type, form)] = (id_type, value)
+    by_national = {
+        lookup[stored]: owner for stored, owner in _national_owners(session, set(lookup)).items()
+    }
     lab_known, by_local = _local_owners(session, lab_code, local)
     recipients = _recipients(session, set(by_national.values()) | set(by_local.values()))
 

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.hl7.facts import RoutingFacts
 from pipeline.hl7.participants import Participant
+from pipeline.recipients.identifiers import BlindIndex
 from pipeline.recipients.resolve import Resolution, resolve_many
 
 
@@ -28,12 +29,17 @@ class RoutedRecipient:
         return self.resolution.resolved
 
 
-def route(session: Session, facts: RoutingFacts) -> list[RoutedRecipient]:
-    """Resolve every participant of a result against the directory, in message order."""
-    return route_many(session, [facts])[0]
+def route(
+    session: Session, facts: RoutingFacts, *, blind_index: BlindIndex | None = None
+) -> list[RoutedRecipient]:
+    """Resolve every participant of a result against the directory, in message order
+    (`blind_index`: how the directory keeps patients' identifiers, see `resolve_many`)."""
+    return route_many(session, [facts], blind_index=blind_index)[0]
 
 
-def route_many(session: Session, facts: Sequence[RoutingFacts]) -> list[list[RoutedRecipient]]:
+def route_many(
+    session: Session, facts: Sequence[RoutingFacts], *, blind_index: BlindIndex | None = None
+) -> list[list[RoutedRecipient]]:
     """`route` for a batch of results: one directory lookup per sending laboratory."""
     by_lab: dict[str, list[int]] = {}
     for index, one in enumerate(facts):
@@ -41,7 +47,9 @@ def route_many(session: Session, facts: Sequence[RoutingFacts]) -> list[list[Rou
     answers: list[list[RoutedRecipient]] = [[] for _ in facts]
     for lab, indexes in by_lab.items():
         participants = [(i, p) for i in indexes for p in facts[i].participants]
-        resolutions = resolve_many(session, lab, [p.identifier for _, p in participants])
+        resolutions = resolve_many(
+            session, lab, [p.identifier for _, p in participants], index=blind_index
+        )
         for (index, participant), resolution in zip(participants, resolutions, strict=True):
             answers[index].append(RoutedRecipient(participant, resolution))
     return answers

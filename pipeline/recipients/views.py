@@ -18,7 +18,12 @@ from sqlalchemy.orm import Session, selectinload
 from pipeline.db import utcnow
 from pipeline.jsonable import jsonable
 from pipeline.recipients.errors import UnknownRecipient
-from pipeline.recipients.identifiers import parse_identifier_text
+from pipeline.recipients.identifiers import (
+    PRIVATE_TYPES,
+    BlindIndex,
+    blind_forms,
+    parse_identifier_text,
+)
 from pipeline.recipients.models import (
     Laboratory,
     LocalCode,
@@ -76,12 +81,19 @@ class RecipientView:
         return data
 
 
-def describe_recipient(session: Session, ref: str, *, now: datetime | None = None) -> RecipientView:
-    """The recipient `ref` names: a directory key, `TYPE:VALUE`, or `LAB=CODE`.
+def describe_recipient(
+    session: Session,
+    ref: str,
+    *,
+    now: datetime | None = None,
+    blind_index: BlindIndex | None = None,
+) -> RecipientView:
+    """The recipient `ref` names: a directory key, `TYPE:VALUE`, or `LAB=CODE`
+    (`blind_index`: a patient's INS is kept as its keyed hash, see `resolve_many`).
 
     Raises UnknownRecipient, saying what was looked for, when no one matches.
     """
-    recipient = _find(session, ref.strip())
+    recipient = _find(session, ref.strip(), blind_index)
     moment = now or utcnow()
     return RecipientView(
         key=recipient.key,
@@ -112,7 +124,7 @@ def describe_recipient(session: Session, ref: str, *, now: datetime | None = Non
     )
 
 
-def _find(session: Session, ref: str) -> Recipient:
+def _find(session: Session, ref: str, blind_index: BlindIndex | None) -> Recipient:
     if not ref:
         raise UnknownRecipient("give a directory key, an identifier TYPE:VALUE or a LAB=CODE")
     loading = (
@@ -151,12 +163,15 @@ def _find(session: Session, ref: str) -> Recipient:
                 f"{identifier.id_type} {identifier.value} is not a national identifier; "
                 "a laboratory's own code is looked up as LAB=CODE"
             )
+        forms = [identifier.value]
+        if blind_index is not None and identifier.id_type in PRIVATE_TYPES:
+            forms += blind_forms(identifier, blind_index)
         recipient = session.scalars(
             select(Recipient)
             .join(RecipientIdentifier)
             .where(
                 RecipientIdentifier.id_type == identifier.id_type,
-                RecipientIdentifier.value == identifier.value,
+                RecipientIdentifier.value.in_(forms),
             )
             .options(*loading)
         ).one_or_none()

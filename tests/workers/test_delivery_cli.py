@@ -7,6 +7,7 @@ opens it.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.ledger.storage import StorageCipher
 from tests.pipeline.delivery.scenario import directory_csv, oru
 from tests.pipeline.sealing.helpers import attachments, open_envelope
 from workers.cli import main
@@ -201,3 +203,66 @@ def test_deliver_says_a_training_message_is_held(
         f"{result} #1: LABO-TEST CLI-T: recorded and held, not delivered: processing ID T is "
         "not delivered here (LABDISPATCH_DELIVER_PROCESSING_IDS)\n"
     )
+
+
+def test_a_ledger_copied_without_its_storage_key_is_refused_naming_the_key_id(
+    cli_env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ledger holds results; its key file is gone (a copy made without it) or replaced:
+    no command makes up a new key over it. It says which key id is missing, exits 2, shows
+    no traceback, and writes nothing (the next run with the key restored works)."""
+    first = tmp_path / "first.hl7"
+    first.write_bytes(oru("KEY-1"))
+    assert main(["deliver", "--no-send", str(first)]) == 1  # recorded; unroutable (no directory)
+    key_file = Path(os.environ.get("LABDISPATCH_STORAGE_KEY_FILE", tmp_path / "var/storage.key"))
+    original = key_file.read_bytes()
+    key_id = StorageCipher.from_file(key_file).current
+    capsys.readouterr()
+    second = tmp_path / "second.hl7"
+    second.write_bytes(oru("KEY-2"))
+
+    if cli_env.startswith("sqlite"):
+        key_file.unlink()  # the embedded key would be created afresh
+    else:
+        key_file.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")  # replaced
+    status = main(["deliver", "--no-send", str(second)])
+
+    err = capsys.readouterr().err
+    assert status == 2
+    assert f"storage key id {key_id}" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    if cli_env.startswith("sqlite"):
+        assert not key_file.exists()  # no new key was written over the ledger's rows
+    key_file.write_bytes(original)
+    assert main(["deliver", "--no-send", str(second)]) == 1
+    assert main(["trace", "KEY-2"]) == 0  # recorded once the key was back
+
+
+def test_under_debug_a_logged_traceback_shows_where_but_not_the_exceptions_text() -> None:
+    """LABDISPATCH_DEBUG=1 is for a developer; an exception's text may still quote a result
+    (a process's `exc_info`, e.g. the MLLP listener's or the folder watcher's)."""
+    script = (
+        "import logging\n"
+        "from workers.cli import _configure_logging\n"
+        "_configure_logging()\n"
+        "value = 'DUPONT ' + 'Hélène K+ 5.9'\n"
+        "def deliver():\n"
+        "    raise RuntimeError(value)\n"
+        "try:\n"
+        "    deliver()\n"
+        "except RuntimeError:\n"
+        "    logging.getLogger('workers.mllp.server').error('frame failed', exc_info=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "LABDISPATCH_DEBUG": "1"},
+    )
+
+    assert done.returncode == 0
+    assert done.stderr.startswith("labdispatch: ERROR workers.mllp.server: frame failed\n")
+    assert "Traceback (most recent call last):" in done.stderr
+    assert ", in deliver\n" in done.stderr and "RuntimeError (its text is not logged" in done.stderr
+    assert "DUPONT" not in done.stderr and "5.9" not in done.stderr

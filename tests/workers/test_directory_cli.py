@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
+from pipeline.db import database_url as parse_url
 from workers.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,3 +148,36 @@ def test_bad_header_in_a_real_process_is_one_line_without_traceback(
     assert line.startswith(
         f"{path}:1: unknown column(s) 'fullname'; missing required column(s) name"
     )
+
+
+def test_import_keeps_no_patient_identity_in_clear_and_show_finds_the_patient_by_ins(
+    cli_env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The example directory's patient row (name, INS) through the command line: neither
+    is stored, and `directory show INS:...` still finds the patient."""
+    path = tmp_path / "directory.csv"
+    path.write_text(
+        "key,kind,name,identifiers,channels\n"
+        "p-0001,patient,DUPONT Hélène,INS:248125612345678,mailbox:p-0001\n",
+        encoding="utf-8",
+    )
+    assert main(["directory", "import", str(path)]) == 0
+    capsys.readouterr()
+
+    status = main(["directory", "show", "INS:248125612345678", "--json"])
+
+    shown = json.loads(capsys.readouterr().out)
+    assert status == 0 and shown["key"] == "p-0001" and shown["name"] == "(patient)"
+    assert "248125612345678" not in json.dumps(shown)
+    engine = create_engine(parse_url(cli_env))
+    try:
+        with engine.connect() as connection:
+            rows = [
+                str(value)
+                for table in ("recipients", "recipient_identifiers", "recipient_channels")
+                for row in connection.execute(text(f"SELECT * FROM {table}"))
+                for value in row
+            ]
+    finally:
+        engine.dispose()
+    assert rows and not [v for v in rows if "248125612345678" in v or "DUPONT" in v]

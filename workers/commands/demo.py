@@ -32,6 +32,7 @@ from pipeline.db import open_database, utcnow
 from pipeline.delivery.trace import render_trace, trace_result
 from pipeline.errors import ConfigurationError
 from pipeline.hl7.decode import split_messages
+from pipeline.ledger.files import private_directory
 from pipeline.ledger.models import Message
 from pipeline.settings import PREFIX, Settings
 from workers.broker import stop_embedded
@@ -77,8 +78,9 @@ def run_demo(args: argparse.Namespace) -> int:
             "(run it from a labdispatch checkout, or name them with --examples)"
         )
     pki, outbox, var = workdir / "pki", workdir / "outbox", workdir / "var"
-    for folder in (pki, outbox, var):
+    for folder in (pki, outbox):
         folder.mkdir(parents=True, exist_ok=True)
+    private_directory(var)  # the service's own, 0700 (`ledger.files`)
     env = {name: value for name, value in os.environ.items() if not name.startswith(PREFIX)}
     env |= {
         "LABDISPATCH_VAR_DIR": str(var),

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from pipeline.db import open_database
+from pipeline.delivery.services import StorageKeyIndex
 from pipeline.recipients.directory_csv import import_directory
 from pipeline.recipients.laboratories import describe_laboratory, set_laboratory
 from pipeline.recipients.views import describe_recipient, render_recipient
@@ -64,9 +65,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def run_import(args: argparse.Namespace) -> int:
     path: Path = args.file
-    sessions = open_database(Settings.from_env())
+    settings = Settings.from_env()
+    sessions = open_database(settings)
     with sessions.begin() as session:
-        report = import_directory(session, path)
+        report = import_directory(session, path, index=StorageKeyIndex(settings))
     print(
         f"imported {report.imported} rows: {report.created} created, {report.updated} updated, "
         f"{report.unchanged} unchanged; {report.rejected} rejected"
@@ -88,7 +90,8 @@ def run_laboratory(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    sessions = open_database(Settings.from_env())
+    settings = Settings.from_env()
+    sessions = open_database(settings)
     if args.ref.startswith("lab:"):
         with sessions() as session:
             lab = describe_laboratory(session, args.ref.removeprefix("lab:"))
@@ -97,7 +100,7 @@ def run_show(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     with sessions() as session:
-        view = describe_recipient(session, args.ref)
+        view = describe_recipient(session, args.ref, blind_index=StorageKeyIndex(settings))
     if args.json:
         print(json.dumps(view.as_json(), indent=2, ensure_ascii=False))
     else:

@@ -17,9 +17,11 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from pipeline.db import open_database
+from pipeline.delivery.services import StorageKeyIndex
 from pipeline.hl7.conformance import strict_findings
 from pipeline.hl7.intake import IntakeResult
 from pipeline.reading import ReadResult, claimed_identity, read_any
+from pipeline.recipients.identifiers import BlindIndex
 from pipeline.recipients.laboratories import laboratory_charsets
 from pipeline.recipients.routing import RoutedRecipient, route
 from pipeline.settings import Settings
@@ -52,11 +54,14 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.no_directory:
         return inspect_files(args, None)
-    with open_database(Settings.from_env())() as session:
-        return inspect_files(args, session)
+    settings = Settings.from_env()
+    with open_database(settings)() as session:
+        return inspect_files(args, session, StorageKeyIndex(settings, strict=False))
 
 
-def inspect_files(args: argparse.Namespace, session: Session | None) -> int:
+def inspect_files(
+    args: argparse.Namespace, session: Session | None, blind_index: BlindIndex | None = None
+) -> int:
     """Report every message of every file; the exit status says whether any was refused."""
     status = 0
     for path in args.files:
@@ -69,7 +74,7 @@ def inspect_files(args: argparse.Namespace, session: Session | None) -> int:
         for result in read_any(data, charsets):
             seen += 1
             routed = (
-                route(session, result.facts)
+                route(session, result.facts, blind_index=blind_index)
                 if result.facts is not None and session is not None
                 else None
             )

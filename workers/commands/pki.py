@@ -20,6 +20,7 @@ from sqlalchemy.orm import selectinload
 
 from pipeline.db import open_database
 from pipeline.errors import LabdispatchError
+from pipeline.ledger.storage import is_sealed
 from pipeline.recipients.models import Recipient
 from pipeline.sealing.demo_pki import create_demo_pki
 from pipeline.settings import Settings
@@ -101,7 +102,15 @@ def _rows_from_ledger() -> list[Row]:
                 r.key,
                 r.kind,
                 r.name,
-                next((c.address for c in r.channels if c.kind == "mail"), None),
+                # A patient's sealed address is not one a certificate can name.
+                next(
+                    (
+                        c.address
+                        for c in r.channels
+                        if c.kind == "mail" and not is_sealed(c.address)
+                    ),
+                    None,
+                ),
             )
             for r in recipients
         ]

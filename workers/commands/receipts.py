@@ -35,7 +35,13 @@ def run_collect(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     sessions = open_database(settings)
     with report_source(settings, args.maildir) as source:
-        recorded = collect_receipts(sessions, source, now=utc_now(), limit=args.limit)
+        recorded = collect_receipts(
+            sessions,
+            source,
+            now=utc_now(),
+            notices_dir=settings.notices_path,
+            limit=args.limit,
+        )
     counts = Counter(
         "already recorded"
         if r.receipt_id is None

@@ -19,7 +19,7 @@ from pipeline.delivery.services import utc_now
 from pipeline.settings import Settings
 from pipeline.stats.status import LedgerStatus, ledger_status
 from workers.broker import BrokerUnavailable, embedded_broker, is_embedded, redact
-from workers.queues import queue_depths
+from workers.queues import VISIBILITY_TIMEOUT, QueueDepths, queue_depths
 
 
 def register(commands: Any) -> None:
@@ -96,28 +96,32 @@ def run_status(args: argparse.Namespace) -> int:
     with sessions() as session:
         ledger = ledger_status(session, now)
     try:
-        reading = queue_depths(settings)
-        queues, unacked = reading.depths, reading.unacked
+        reading = queue_depths(settings, ask_workers=True)
+        queues, held = reading.depths, reading
         url = settings.service.broker_url or embedded_broker(settings).url
         broker = {"url": redact(url), "embedded": is_embedded(settings), "answering": True}
     except BrokerUnavailable as error:
-        queues, unacked = {}, None
+        queues, held = {}, None
         broker = {"url": "", "embedded": is_embedded(settings), "answering": False}
         broker["error"] = str(error)
     if args.json:
-        print(json.dumps(_as_json(broker, queues, unacked, ledger), indent=2))
+        print(json.dumps(_as_json(broker, queues, held, ledger), indent=2))
     else:
-        print(_as_text(broker, queues, unacked, ledger))
+        print(_as_text(broker, queues, held, ledger))
     return 0 if broker["answering"] else 1
 
 
 def _as_json(
-    broker: dict[str, Any], queues: dict[str, int], unacked: int | None, ledger: LedgerStatus
+    broker: dict[str, Any], queues: dict[str, int], held: QueueDepths | None, ledger: LedgerStatus
 ) -> dict[str, Any]:
     return {
         "broker": broker,
         "queues": queues,
-        "unacknowledged_tasks": unacked,
+        # All unacknowledged; of those, what live workers hold, and what a worker that is
+        # gone left behind (redelivered after the visibility timeout).
+        "unacknowledged_tasks": held.unacked if held else None,
+        "tasks_in_progress": held.in_progress if held else None,
+        "tasks_held_by_lost_workers": held.lost if held else None,
         "messages": ledger.messages,
         "deliveries": ledger.deliveries,
         "oldest_open_delivery_seconds": _seconds(ledger.oldest_open_age),
@@ -132,13 +136,20 @@ def _as_json(
 
 
 def _as_text(
-    broker: dict[str, Any], queues: dict[str, int], unacked: int | None, ledger: LedgerStatus
+    broker: dict[str, Any], queues: dict[str, int], held: QueueDepths | None, ledger: LedgerStatus
 ) -> str:
     kind = "embedded" if broker["embedded"] else "external"
     if broker["answering"]:
         lines = [f"broker      {broker['url']} ({kind}): answering"]
         depth = ", ".join(f"{q.removeprefix('labdispatch.')} {n}" for q, n in queues.items())
-        lines.append(f"queues      {depth}; {unacked} task(s) being worked on")
+        assert held is not None
+        line = f"queues      {depth}; {held.in_progress} task(s) being worked on"
+        if held.lost:
+            line += (
+                f", {held.lost} held by a lost worker (redelivered after visibility_timeout, "
+                f"{VISIBILITY_TIMEOUT} s)"
+            )
+        lines.append(line)
     else:
         lines = [f"broker      NOT ANSWERING ({kind}): {broker.get('error', '')}"]
     lines.append("messages    " + _counts(ledger.messages))

@@ -112,7 +112,9 @@ def test_corpus_result_is_sealed_delivered_opened_and_traced(
         (receipts / folder).mkdir(parents=True)
     (receipts / "new" / "1.mdn").write_bytes(mdn(message_id))
     with MaildirSource(receipts) as source:
-        (recorded,) = collect_receipts(ledger, source, now=clock())
+        (recorded,) = collect_receipts(
+            ledger, source, now=clock(), notices_dir=services.notices_dir
+        )
     assert recorded.matched and recorded.disposition == "displayed"
 
     with ledger() as session:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from pipeline.ledger.models import Delivery, Event, Receipt
 from pipeline.receipts.reports import parse_report
 from pipeline.receipts.sources import MaildirSource
 from tests.pipeline.delivery.conftest import ADAM_XCN, Clock
-from tests.pipeline.delivery.scenario import oru
+from tests.pipeline.delivery.scenario import LAB, oru
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "receipts"
 
@@ -50,9 +52,17 @@ def report_for(fixture: str, delivery: Delivery | None) -> bytes:
     )
 
 
-def apply(ledger: sessionmaker[Session], data: bytes, clock: Clock, source: str = "t") -> None:
+def apply(
+    ledger: sessionmaker[Session],
+    data: bytes,
+    clock: Clock,
+    source: str = "t",
+    notices_dir: Path | None = None,
+) -> None:
     with ledger.begin() as session:
-        record_report(session, parse_report(data), source=source, now=clock())
+        record_report(
+            session, parse_report(data), source=source, now=clock(), notices_dir=notices_dir
+        )
 
 
 def test_dsn_delivered_moves_an_accepted_delivery_to_delivered(
@@ -124,9 +134,9 @@ def test_garbage_unmatched_and_foreign_mail_are_recorded_and_the_reader_goes_on(
     (inbox / "new" / "4").write_bytes(report_for("thunderbird-mdn-displayed.eml", accepted))
 
     with MaildirSource(inbox) as source:
-        recorded = collect_receipts(ledger, source, now=clock())
+        recorded = collect_receipts(ledger, source, now=clock(), notices_dir=None)
     with MaildirSource(inbox) as source:
-        again = collect_receipts(ledger, source, now=clock())
+        again = collect_receipts(ledger, source, now=clock(), notices_dir=None)
 
     assert sorted((r.kind, r.matched) for r in recorded) == [
         ("dsn", False),  # about an envelope we never sent
@@ -142,3 +152,67 @@ def test_garbage_unmatched_and_foreign_mail_are_recorded_and_the_reader_goes_on(
         assert all(r.source.startswith("new/") for r in receipts)
         unrecognised = [r for r in receipts if r.kind == "unrecognised"]
         assert all(r.delivery_id is None and r.detail for r in unrecognised)
+
+
+def queue_lifetime_expired(delivery: Delivery) -> bytes:
+    """Postfix giving up after `maximal_queue_lifetime`: `Action: failed`, `Status: 4.4.1`
+    (the 5.1.1 bounce with the status and diagnostic Postfix writes then)."""
+    data = report_for("postfix-dsn-failed-5.1.1.eml", delivery)
+    data = data.replace(b"Status: 5.1.1", b"Status: 4.4.1")
+    return re.sub(
+        rb"Diagnostic-Code: smtp; 550 5\.1\.1[^\n]*\n[^\n]*\n",
+        b"Diagnostic-Code: X-Postfix; delivery temporarily suspended: connect to\n"
+        b"    mx.cabinet-leroy.example[203.0.113.7]:25: Connection timed out\n",
+        data,
+    )
+
+
+@pytest.mark.parametrize(
+    ("report", "status"),
+    [
+        (lambda d: report_for("postfix-dsn-failed-5.1.1.eml", d), "DSN failed 5.1.1"),
+        (queue_lifetime_expired, "DSN failed 4.4.1"),
+        (lambda d: report_for("gateway-mdn-failed-error.eml", d), "MDN failed"),
+    ],
+    ids=["dsn-unknown-user", "dsn-queue-lifetime", "mdn-cannot-decrypt"],
+)
+def test_a_failure_report_fails_the_delivery_and_tells_its_laboratory(
+    ledger: sessionmaker[Session],
+    accepted: Delivery,
+    clock: Clock,
+    tmp_path: Path,
+    report: Callable[[Delivery], bytes],
+    status: str,
+) -> None:
+    """Behind a real relay a recipient's failure arrives as a report, not at RCPT time: the
+    laboratory is told just the same (docs/service.md), once, through the one failure path."""
+    notices = tmp_path / "notices"
+    inbox = tmp_path / "returns"
+    for folder in ("tmp", "new", "cur"):
+        (inbox / folder).mkdir(parents=True)
+    (inbox / "new" / "1").write_bytes(report(accepted))
+    clock.advance(timedelta(hours=1))
+
+    with MaildirSource(inbox) as source:
+        (recorded,) = collect_receipts(ledger, source, now=clock(), notices_dir=notices)
+    apply(ledger, report(accepted), clock, notices_dir=notices)  # read again: nothing more
+
+    assert (recorded.matched, recorded.disposition) == (True, "failed")
+    delivery = current(ledger)
+    assert (delivery.state, delivery.failed_at, delivery.notified_at) == (
+        "failed",
+        clock.now,
+        clock.now,
+    )
+    assert delivery.last_error.startswith(status)
+    with ledger() as session:
+        kinds = session.scalars(
+            select(Event.kind).where(Event.delivery_id == delivery.id).order_by(Event.id)
+        ).all()
+        notified = session.scalars(select(Event.detail).where(Event.kind == "notified")).all()
+    assert kinds[-2:] == ["failed", "notified"] and kinds.count("failed") == 1
+    (notice,) = (notices / LAB).iterdir()
+    assert notified == [f"laboratory told: {LAB}/{notice.name}"]
+    text = notice.read_text(encoding="utf-8")
+    assert "Control ID:     RCPT-1 (revision 1)" in text
+    assert f"Reason:         {status}" in text

@@ -20,7 +20,7 @@ from pipeline.delivery.record import (
 from pipeline.delivery.routing import route_message
 from pipeline.hl7.intake import read_results
 from pipeline.ledger.models import Delivery, Event, Message
-from pipeline.ledger.storage import StorageCipher
+from pipeline.ledger.storage import StorageCipher, StoredMessageUnreadable
 from pipeline.recipients.directory_csv import import_directory
 from tests.pipeline.delivery.scenario import LAB, STRANGER, directory_csv, oru
 
@@ -168,3 +168,38 @@ def test_routing_twice_creates_nothing_more(directory: Session) -> None:
 
     assert (report.routed, report.unroutable) == (2, 0)
     assert directory.scalar(select(func.count()).select_from(Delivery)) == 2
+
+
+def test_a_stored_ciphertext_opens_only_on_its_own_laboratory_control_id_and_revision(
+    directory: Session,
+) -> None:
+    """The at-rest cipher binds each row to (laboratory, control ID, revision): a ciphertext
+    moved to another revision of the same result, or to another laboratory's result with the
+    same control ID, no longer opens (someone with write access to the database cannot make
+    one result read as another)."""
+    first = directory.get_one(Message, record(directory, oru("BIND-1")).message_id)
+    second = directory.get_one(
+        Message, record(directory, oru("BIND-1", potassium="6.1")).message_id
+    )
+    other_lab_data = oru("BIND-1").replace(f"|{LAB}|".encode(), b"|LABO-AUTRE|", 1)
+    other_lab = directory.get_one(Message, record(directory, other_lab_data).message_id)
+    assert [(m.laboratory, m.revision) for m in (first, second, other_lab)] == [
+        (LAB, 1),
+        (LAB, 2),
+        ("LABO-AUTRE", 1),
+    ]
+    assert read_stored(second, CIPHER) != read_stored(first, CIPHER)
+    # Each opens where it was written.
+    for message in (first, second, other_lab):
+        assert read_stored(message, CIPHER)
+
+    first.raw_encrypted, second.raw_encrypted = second.raw_encrypted, first.raw_encrypted
+    for message in (first, second):
+        with pytest.raises(StoredMessageUnreadable, match="does not decrypt"):
+            read_stored(message, CIPHER)
+    first.raw_encrypted, second.raw_encrypted = second.raw_encrypted, first.raw_encrypted
+
+    first.raw_encrypted, other_lab.raw_encrypted = other_lab.raw_encrypted, first.raw_encrypted
+    for message in (first, other_lab):
+        with pytest.raises(StoredMessageUnreadable, match="does not decrypt"):
+            read_stored(message, CIPHER)

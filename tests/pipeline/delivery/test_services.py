@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import base64
+import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from pipeline.db import open_database
+from pipeline.delivery.intake import accept_bytes
 from pipeline.delivery.services import DeliveryServices, SignerRegistry, transport_factories
 from pipeline.errors import ConfigurationError
-from pipeline.sealing.demo_pki import DemoPki
+from pipeline.ledger.models import Delivery
+from pipeline.ledger.storage import StorageKeyMissing
+from pipeline.sealing.demo_pki import DemoPki, create_demo_pki
 from pipeline.sealing.errors import SigningKeyUnavailable
 from pipeline.settings import Settings, SigningSettings, SmtpSettings
 from pipeline.transports.base import TransportConfigurationError
 from pipeline.transports.mailbox import MailboxTransport
 from pipeline.transports.smtp import SmtpTransport
+from tests.pipeline.delivery.conftest import ADAM, ADAM_XCN, sealed
+from tests.pipeline.delivery.scenario import LAB, oru
+from tests.pipeline.sealing.helpers import decrypt, openssl
 
 
 def pkcs12(pki: DemoPki, path: Path, password: str) -> Path:
@@ -118,3 +132,83 @@ def test_beside_postgresql_the_storage_key_must_be_named(tmp_path: Path) -> None
     with pytest.raises(ConfigurationError, match="LABDISPATCH_STORAGE_KEY_FILE must name"):
         DeliveryServices.from_settings(settings)
     assert not (tmp_path / "var" / "storage.key").exists()
+
+
+def signer_of(envelope: bytes | None, recipient: tuple[Path, Path], folder: Path) -> bytes:
+    """The certificate that signed an envelope, as its recipient reads it from the CMS
+    signer info (`openssl cms -verify -signer`), in DER."""
+    assert envelope is not None
+    opened = decrypt(envelope, *recipient)
+    assert opened.returncode == 0, opened.stderr.decode()
+    out = folder / f"signer-{len(list(folder.iterdir()))}.pem"
+    read = openssl("cms", "-verify", "-noverify", "-signer", out, data=opened.stdout)
+    assert read.returncode == 0, read.stderr.decode()
+    (certificate,) = x509.load_pem_x509_certificates(out.read_bytes())
+    return certificate.public_bytes(serialization.Encoding.DER)
+
+
+def der(path: Path) -> bytes:
+    certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    return certificate.public_bytes(serialization.Encoding.DER)
+
+
+def test_each_laboratory_signs_with_its_own_key_and_the_default_key_for_the_others(
+    ledger: sessionmaker[Session], services: DeliveryServices, pki: DemoPki, tmp_path: Path
+) -> None:
+    """Both a default signing key and LABO-NORD's own are configured: LABO-NORD's results are
+    signed with its own certificate, LABO-TEST's (no file of its own) with the default."""
+    nord = create_demo_pki(tmp_path / "nord-pki", {}, laboratory="labo nord")
+    folder = tmp_path / "signers"
+    folder.mkdir()
+    shutil.copy(nord.lab_certificate, folder / "LABO-NORD.crt")
+    shutil.copy(nord.lab_key, folder / "LABO-NORD.key")
+    services.signers = SignerRegistry(
+        SigningSettings(certificate=pki.lab_certificate, key=pki.lab_key, directory=folder)
+    )
+    own = oru("SIGN-NORD", ordering=ADAM_XCN, copy_to="").replace(
+        f"|{LAB}|".encode(), b"|LABO-NORD|", 1
+    )
+    default = oru("SIGN-TEST", ordering=ADAM_XCN, copy_to="")
+
+    sealed(ledger, services, own, default)
+
+    with ledger() as session:
+        envelopes = {
+            d.message.laboratory: d.envelope
+            for d in session.scalars(select(Delivery).options(selectinload(Delivery.message)))
+        }
+    signers = tmp_path / "read"
+    signers.mkdir()
+    adam = pki.recipients[ADAM]
+    assert signer_of(envelopes["LABO-NORD"], adam, signers) == der(nord.lab_certificate)
+    assert signer_of(envelopes[LAB], adam, signers) == der(pki.lab_certificate)
+    assert der(nord.lab_certificate) != der(pki.lab_certificate)
+
+
+def test_no_storage_key_is_made_up_over_a_ledger_that_holds_results(settings: Settings) -> None:
+    """The embedded ledger copied without `storage.key`: refused, naming the key id of the
+    rows, and no new key written; with the key back it starts."""
+    sessions = open_database(settings)
+    if not settings.uses_embedded_database:  # beside PostgreSQL the key file is named
+        settings = replace(settings, storage_key_file=settings.var_dir / "named.key")
+        settings.ensure_var_dir()
+        settings.storage_key_path.write_text(base64.b64encode(b"o" * 32).decode() + "\n")
+    original = DeliveryServices.from_settings(settings)
+    with sessions.begin() as session:
+        (answer,) = accept_bytes(session, oru("KEYS-1"), original, source="t")
+        assert answer.recorded is not None
+    key_file = settings.storage_key_path
+    saved = key_file.read_bytes()
+    key_file.unlink()
+
+    if settings.uses_embedded_database:
+        with pytest.raises(StorageKeyMissing, match=f"storage key id {original.cipher.current}, "):
+            DeliveryServices.from_settings(settings)
+        assert not key_file.exists()
+    # Another key in its place (replaced rather than rotated): refused too.
+    key_file.write_text(base64.b64encode(b"n" * 32).decode() + "\n")
+    with pytest.raises(StorageKeyMissing, match=f"storage key id {original.cipher.current}, "):
+        DeliveryServices.from_settings(settings)
+    # Rotated: the new key first, the old one kept after it.
+    key_file.write_bytes(base64.b64encode(b"n" * 32) + b"\n" + saved)
+    assert DeliveryServices.from_settings(settings).cipher.current != original.cipher.current
