@@ -119,11 +119,14 @@ class RoutingFacts:
         return self.sending_facility or self.sending_application
 
 
-def _status_word(code: str) -> str:
+def status_word(code: str) -> str:
+    """A result status code (OBX-11, OBR-25) as the word the trace and stats show."""
     return STATUS_WORDS.get(code.strip().upper(), code.strip())
 
 
-def _summarise(statuses: list[str]) -> str:
+def summarise(statuses: list[str]) -> str:
+    """One status for several: the one that most needs a reader's attention wins
+    (STATUS_PRECEDENCE), so a corrected or partial report never reads as final."""
     present = [status for status in statuses if status]
     if not present:
         return ""
@@ -142,11 +145,11 @@ def _order_status(obr: Segment, orc: Segment | None, obx_codes: list[str]) -> st
         return "deleted"
     declared = obr.value(25).strip()
     if declared:
-        return _status_word(declared)
-    words = [_status_word(code) for code in obx_codes]
+        return status_word(declared)
+    words = [status_word(code) for code in obx_codes]
     if words and all(word == "final" for word in words):
         return "final"
-    return _summarise(words)
+    return summarise(words)
 
 
 def _patient_ids(message: Hl7Message) -> tuple[Identifier, ...]:
@@ -237,7 +240,7 @@ def extract_facts(message: Hl7Message) -> RoutingFacts:
                 status=_order_status(current_obr, orc, obx_codes),
                 observations=len(obx_codes),
                 observation_statuses=tuple(
-                    dict.fromkeys(_status_word(code) for code in obx_codes if code)
+                    dict.fromkeys(status_word(code) for code in obx_codes if code)
                 ),
             )
         )
@@ -282,7 +285,7 @@ def extract_facts(message: Hl7Message) -> RoutingFacts:
         sent_at=msh.value(7).strip(),
         patient_ids=patient_ids,
         orders=tuple(orders),
-        result_status=_summarise([order.status for order in orders]),
+        result_status=summarise([order.status for order in orders]),
         documents=tuple(documents),
         participants=extract_participants(message, frozenset(patient_ids)),
         warnings=tuple(warnings),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.hl7.facts import STATUS_PRECEDENCE, STATUS_WORDS
 from pipeline.hl7.participants import NO_IDENTIFIER, Participant
 from pipeline.recipients.identifiers import Identifier, normalise_identifier
 
@@ -17,20 +16,6 @@ _TYPED = frozenset({"RPPS", "ADELI", "IDNPS", "FINESS", "FINEG", "FINEJ"})
 
 FORMAT_SANTE = "hprim-sante"
 FORMAT_MEDECINS = "hprim-medecins"
-
-
-def status_word(code: str) -> str:
-    return STATUS_WORDS.get(code.strip().upper(), code.strip())
-
-
-def summarise(statuses: list[str]) -> str:
-    present = [status for status in statuses if status]
-    if not present:
-        return ""
-    for word in STATUS_PRECEDENCE:
-        if word in present:
-            return word
-    return present[0]
 
 
 @dataclass

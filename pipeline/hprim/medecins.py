@@ -16,7 +16,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from pipeline.hl7.facts import Order, RoutingFacts
+from pipeline.hl7.facts import Order, RoutingFacts, status_word, summarise
 from pipeline.hl7.participants import PERSON
 from pipeline.hprim.errors import (
     MalformedHprim,
@@ -25,7 +25,7 @@ from pipeline.hprim.errors import (
     NotHprim,
     RecordLocation,
 )
-from pipeline.hprim.facts import FORMAT_MEDECINS, RECEIVER, People, status_word, summarise
+from pipeline.hprim.facts import FORMAT_MEDECINS, RECEIVER, People
 from pipeline.hprim.text import UTF8_BOM, CharsetLookup, Line, decode, split_lines
 from pipeline.hprim.text import control_part as part
 from pipeline.recipients.identifiers import normalise_identifier

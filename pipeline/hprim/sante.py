@@ -18,7 +18,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from pipeline.hl7.facts import Order, RoutingFacts
+from pipeline.hl7.facts import Order, RoutingFacts, status_word, summarise
 from pipeline.hl7.participants import ORDERING, ORGANISATION, PERSON
 from pipeline.hprim.errors import (
     CountMismatch,
@@ -30,14 +30,7 @@ from pipeline.hprim.errors import (
     UnsupportedHprim,
     UnsupportedHprimVersion,
 )
-from pipeline.hprim.facts import (
-    COPY_TO,
-    FORMAT_SANTE,
-    RECEIVER,
-    People,
-    status_word,
-    summarise,
-)
+from pipeline.hprim.facts import COPY_TO, FORMAT_SANTE, RECEIVER, People
 from pipeline.hprim.records import Delimiters, Record
 from pipeline.hprim.text import UTF8_BOM, CharsetLookup, Line, decode, split_lines
 from pipeline.hprim.text import control_part as part
