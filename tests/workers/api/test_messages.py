@@ -162,3 +162,22 @@ def test_a_bad_replay_body_or_id_is_400_naming_the_field(api: Api) -> None:
     assert body.status_code == path.status_code == 400
     assert "delivery_id" in body.json()["error"]
     assert "message_id" in path.json()["error"]
+
+
+@pytest.mark.parametrize("wanted", ["99999999999999999999999", "2147483648", "0", "-1"])
+def test_an_id_beyond_what_the_ledger_holds_is_404_like_a_missing_one(
+    api: Api, failed: tuple[int, list[int]], wanted: str
+) -> None:
+    message_id, deliveries = failed
+    trace = api.client.get(f"/v1/messages/{wanted}", headers=api.auth("ops"))
+    replayed = api.client.post(f"/v1/messages/{wanted}/replay", headers=api.auth("ops"))
+    named = api.client.post(
+        f"/v1/messages/{message_id}/replay",
+        json={"delivery_id": int(wanted)},
+        headers=api.auth("ops"),
+    )
+
+    assert trace.status_code == replayed.status_code == named.status_code == 404
+    assert trace.json() == replayed.json() == {"error": f"no message {wanted} in the ledger"}
+    assert named.json() == {"error": f"message {message_id} has no delivery {wanted}"}
+    assert {d.state for d in _deliveries(api, message_id) if d.id in deliveries} == {"failed"}
