@@ -181,3 +181,36 @@ def test_an_id_beyond_what_the_ledger_holds_is_404_like_a_missing_one(
     assert trace.json() == replayed.json() == {"error": f"no message {wanted} in the ledger"}
     assert named.json() == {"error": f"message {message_id} has no delivery {wanted}"}
     assert {d.state for d in _deliveries(api, message_id) if d.id in deliveries} == {"failed"}
+
+
+@pytest.mark.parametrize("state", ["accepted", "delivered", "read"])
+def test_a_delivery_handed_over_is_never_reopened_by_replay(
+    api: Api, failed: tuple[int, list[int]], state: str
+) -> None:
+    """Replay is for `failed` only: a delivery the recipient's side has (accepted, delivered,
+    read) stays as it is, named or not, with no `replayed` event and nothing queued."""
+    message_id, deliveries = failed
+    handed_at = utcnow()
+    with api.sessions.begin() as session:
+        for delivery in session.scalars(select(Delivery).where(Delivery.id.in_(deliveries))):
+            delivery.state = state
+            delivery.accepted_at = handed_at
+            delivery.delivered_at = handed_at if state in ("delivered", "read") else None
+            delivery.read_at = handed_at if state == "read" else None
+            delivery.failed_at = None
+    url = f"/v1/messages/{message_id}/replay"
+
+    named = [
+        api.client.post(url, json={"delivery_id": d}, headers=api.auth("ops")) for d in deliveries
+    ]
+    every = api.client.post(url, headers=api.auth("ops"))
+
+    assert [r.status_code for r in named] == [409, 409] and every.status_code == 409
+    assert [r.json()["error"] for r in named] == [
+        f"delivery {d} is {state}, not failed: nothing to replay" for d in deliveries
+    ]
+    after = [d for d in _deliveries(api, message_id) if d.id in deliveries]
+    assert [(d.state, d.accepted_at is not None) for d in after] == [(state, True)] * 2
+    with api.sessions() as session:
+        kinds = set(session.scalars(select(Event.kind).where(Event.message_id == message_id)))
+    assert "replayed" not in kinds and api.requeued == []
