@@ -4,12 +4,14 @@ message, refusals quarantined), and a laboratory's token submitting its own resu
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, event, func, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.ledger.models import Message, Rejection
@@ -218,3 +220,50 @@ def test_when_the_ledger_cannot_record_the_answer_is_503_ae_send_again(
     assert entry["reason"] == NOT_STORED_REASON
     assert er7.status_code == 503 and b"\rMSA|AE|LOST-2|not stored" in er7.content
     assert api.routed == []
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        RuntimeError("commit refused"),
+        OperationalError("COMMIT", {}, sqlite3.OperationalError("disk I/O error")),
+    ],
+    ids=["error", "database-error"],
+)
+def test_when_the_commit_itself_fails_the_answer_is_ae_503_nothing_stored_nothing_routed(
+    api: Api, failure: Exception
+) -> None:
+    """ARCHITECTURE rule 1 at its sharpest: intake recorded everything (flushed), then the
+    COMMIT fails. No AA may leave, nothing may be kept, nothing may be routed."""
+
+    def refuse(session: Session) -> None:
+        # Intake's COMMIT only: not a SAVEPOINT's release inside it, nor another thread's.
+        if threading.current_thread().name == "mllp-committer" and (
+            not session.in_nested_transaction()
+        ):
+            raise failure
+
+    body = result_of(LAB_A, "COMMIT-1") + b"MSH|^~\\&|LIS|" + LAB_A.encode() + b"\rPID|\r"
+    event.listen(api.sessions, "before_commit", refuse)
+    try:
+        response = api.post_result(body, "lab_a")
+        er7 = api.post_result(result_of(LAB_A, "COMMIT-2"), "lab_a", Accept="application/hl7-v2")
+    finally:
+        event.remove(api.sessions, "before_commit", refuse)
+
+    assert response.status_code == er7.status_code == 503
+    entries = response.json()["messages"]
+    assert [(e["status"], e["message_id"], e["ack_code"]) for e in entries] == [
+        ("not_stored", None, "AE"),
+        ("not_stored", None, "AE"),
+    ]
+    assert all("\rMSA|AE|" in e["ack"] and "\rMSA|AA|" not in e["ack"] for e in entries)
+    assert b"\rMSA|AE|COMMIT-2|not stored" in er7.content and b"MSA|AA" not in er7.content
+    assert _messages(api.sessions) == [] and _rejections(api.sessions) == 0
+    # The ledger itself is fine: the same result sent again is recorded and routed. The
+    # committer's thread hands work to routing in order, so once this one is there, any
+    # (wrongful) routing of the refused commits would be there before it.
+    again = api.post_result(result_of(LAB_A, "COMMIT-2"), "lab_a")
+    assert again.status_code == 200
+    eventually(lambda: bool(api.routed))
+    assert api.routed == [again.json()["messages"][0]["message_id"]]
