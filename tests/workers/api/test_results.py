@@ -267,3 +267,52 @@ def test_when_the_commit_itself_fails_the_answer_is_ae_503_nothing_stored_nothin
     assert again.status_code == 200
     eventually(lambda: bool(api.routed))
     assert api.routed == [again.json()["messages"][0]["message_id"]]
+
+
+def _undecodable(laboratory: str, control_id: str, how: str) -> bytes:
+    """A result that cannot be decoded: a Latin-1 byte (é as 0xE9) in a message that says
+    UTF-8, or a character set MSH-18 names that does not exist."""
+    if how == "bad-byte":
+        data = result_of(laboratory, control_id)
+        assert "Hélène".encode() in data
+        return data.replace("Hélène".encode(), "Hélène".encode("latin-1"))
+    return result_of(laboratory, control_id, msh_18="KLINGON")
+
+
+def _rejected_under(sessions: sessionmaker[Session]) -> list[tuple[str, str]]:
+    with sessions() as session:
+        rows = session.execute(select(Rejection.laboratory, Rejection.control_id))
+        return sorted((laboratory, control_id) for laboratory, control_id in rows)
+
+
+@pytest.mark.parametrize("how", ["bad-byte", "unknown-charset"])
+def test_a_lab_tokens_undecodable_message_naming_another_laboratory_is_stored_nowhere(
+    api: Api, how: str
+) -> None:
+    """LABO-B's token sends, in LABO-A's name, what cannot be decoded: AR naming MSH-4, and
+    no quarantine row under LABO-A (it would show on LABO-A's dashboard and be billed to it
+    as `rejected`), as for a readable message in another's name (docs/api.md)."""
+    alone = api.post_result(_undecodable(LAB_A, "ENC-1", how), "lab_b")
+    batch = api.post_result(result_of(LAB_B, "ENC-2") + _undecodable(LAB_A, "ENC-3", how), "lab_b")
+
+    assert alone.status_code == batch.status_code == 422
+    (refused,) = alone.json()["messages"]
+    own, foreign = batch.json()["messages"]
+    for entry in (refused, foreign):
+        assert (entry["status"], entry["ack_code"], entry["message_id"]) == ("rejected", "AR", None)
+        assert "MSH-4" in entry["reason"] and LAB_A in entry["reason"]
+    assert own["status"] == "accepted"
+    assert [(m.laboratory, m.control_id) for m in _messages(api.sessions)] == [(LAB_B, "ENC-2")]
+    assert _rejected_under(api.sessions) == []
+
+
+@pytest.mark.parametrize("how", ["bad-byte", "unknown-charset"])
+def test_a_lab_tokens_own_undecodable_message_is_quarantined_under_its_laboratory(
+    api: Api, how: str
+) -> None:
+    response = api.post_result(_undecodable(LAB_B, "ENC-4", how), "lab_b")
+
+    assert response.status_code == 422
+    (entry,) = response.json()["messages"]
+    assert (entry["status"], entry["ack_code"]) == ("rejected", "AR")
+    assert _rejected_under(api.sessions) == [(LAB_B, "ENC-4")]
