@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import io
+import time
+
+import pytest
 
 from pipeline.db import utcnow
 from pipeline.stats.adoption import adoption_stats
@@ -71,3 +74,38 @@ def test_an_unreadable_period_or_grouping_is_400_with_the_reason(world: World) -
     assert "not a date" in answers["bad day"].json()["error"]
     assert "the period is empty" in answers["backwards"].json()["error"]
     assert "week" in answers["grouping"].json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("query", "limit"),
+    [
+        ("from=0001-01-01&group_by=month", "a report by month covers at most 60 months"),
+        ("from=2025-01-01&to=2026-12-31&group_by=day", "a report by day covers at most 366 days"),
+        ("from=2024-01-01&to=2025-12-31&group_by=recipient", "by recipient covers at most 366"),
+    ],
+)
+def test_a_period_longer_than_the_report_covers_is_422_naming_the_limit(
+    world: World, query: str, limit: str
+) -> None:
+    """Asked by any token (a laboratory's too), such a period held a core for minutes and
+    ended in 503 "ledger unavailable", or, on SQLite, failed outright for two years by day:
+    an outage to the caller, that no retry could ever get through."""
+    api = world.api
+    started = time.monotonic()
+    deliveries = api.client.get(f"/v1/stats/deliveries?{query}", headers=api.auth("lab_a"))
+    first = query.split("&", 1)[0]
+    adoption = api.client.get(f"/v1/stats/adoption?{first}", headers=api.auth("billing"))
+
+    assert time.monotonic() - started < 5
+    assert deliveries.status_code == adoption.status_code == 422
+    assert limit in deliveries.json()["error"]
+    assert "ask for a shorter period" in deliveries.json()["error"]
+    assert "an adoption report covers at most 366 days" in adoption.json()["error"]
+
+
+def test_a_period_at_the_calendars_edge_is_400_not_500(world: World) -> None:
+    api = world.api
+    response = api.client.get("/v1/stats/deliveries?to=9999-12-31", headers=api.auth("ops"))
+
+    assert response.status_code == 400
+    assert response.json() == {"error": "--to 9999-12-31: out of the calendar's range"}
