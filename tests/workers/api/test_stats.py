@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
 import time
+from dataclasses import replace
 
 import pytest
+from sqlalchemy import Engine, insert, text
 
 from pipeline.db import utcnow
+from pipeline.ledger.models import Rejection
 from pipeline.stats.adoption import adoption_stats
 from pipeline.stats.deliveries import delivery_stats
 from pipeline.stats.period import parse_period
 from pipeline.stats.render import as_rows_json
-from tests.workers.api.conftest import LAB_A, LAB_B, World
+from tests.workers.api.conftest import LAB_A, LAB_B, Api, World
 
 THIS_MONTH = parse_period(None, None, today=utcnow().date())
 
@@ -109,3 +113,54 @@ def test_a_period_at_the_calendars_edge_is_400_not_500(world: World) -> None:
 
     assert response.status_code == 400
     assert response.json() == {"error": "--to 9999-12-31: out of the calendar's range"}
+
+
+def test_a_report_past_its_time_limit_is_503_saying_so_not_ledger_unavailable(
+    api: Api, engine: Engine
+) -> None:
+    """The report is held (PostgreSQL: a lock another session holds; SQLite: a limit of a
+    microsecond over 20,000 rows): stopped at LABDISPATCH_STATS_TIMEOUT, and answered so."""
+    holder = None
+    if engine.dialect.name == "postgresql":
+        timeout = 0.5
+        holder = engine.connect()
+        holder.execute(text("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE"))
+        # Should the time limit not work, the lock goes after 15 s: the test fails, not hangs.
+        release = threading.Timer(15, holder.rollback)
+        release.start()
+    else:
+        timeout = 0.000_001
+        with api.sessions.begin() as session:
+            session.execute(
+                insert(Rejection),
+                [
+                    {
+                        "source": "api",
+                        "ack_code": "AR",
+                        "error": "E",
+                        "content_sha256": "0" * 64,
+                        "raw_encrypted": b"",
+                        "storage_key_id": "k",
+                        "laboratory": LAB_A,
+                    }
+                ]
+                * 20_000,
+            )
+    state = api.client.app.state  # type: ignore[attr-defined]
+    state.settings = replace(
+        state.settings, service=replace(state.settings.service, stats_timeout=timeout)
+    )
+    try:
+        response = api.client.get("/v1/stats/deliveries?group_by=day", headers=api.auth("ops"))
+    finally:
+        if holder is not None:
+            release.cancel()
+            release.join()
+            holder.rollback()
+            holder.close()
+
+    assert response.status_code == 503 and "retry-after" not in response.headers
+    assert response.json() == {
+        "error": f"the report was stopped after {timeout:g} s, the longest a report may run "
+        "(LABDISPATCH_STATS_TIMEOUT): ask for a shorter period or one laboratory"
+    }
