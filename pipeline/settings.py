@@ -107,6 +107,12 @@ class ServiceSettings:
     retry_max_backoff: float | None = None
     retry_max_age: float | None = None
     retry_max_attempts: int | None = None
+    #: Seconds a statistics report may run (each statement on PostgreSQL); beyond, it is
+    #: stopped and the caller told to ask for less: a slow report never holds a core, a
+    #: connection or the API's shutdown for long.
+    stats_timeout: float = 60.0
+    #: Seconds `api serve` waits for calls in flight after SIGTERM before cutting them.
+    api_shutdown_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -224,6 +230,10 @@ class Settings:
                 retry_max_backoff=read.optional_number("RETRY_MAX_BACKOFF"),
                 retry_max_age=read.optional_number("RETRY_MAX_AGE"),
                 retry_max_attempts=read.integer("RETRY_MAX_ATTEMPTS", 0) or None,
+                stats_timeout=read.number("STATS_TIMEOUT", ServiceSettings.stats_timeout),
+                api_shutdown_timeout=read.number(
+                    "API_SHUTDOWN_TIMEOUT", ServiceSettings.api_shutdown_timeout
+                ),
             ),
             notices_dir=read.path("NOTICES_DIR"),
             max_message_bytes=read.integer("MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES),

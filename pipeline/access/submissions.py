@@ -42,12 +42,26 @@ class Submission:
 
 def sender_of(raw: RawMessage) -> str | None:
     """The laboratory a message names, as the ledger would record it; None when its header
-    cannot be read (intake then refuses the message on its own)."""
+    cannot be read at all (intake then refuses the message on its own, under no name).
+
+    A message that cannot be decoded (a byte its MSH-18 character set does not have, a
+    character set that does not exist) is refused by intake and quarantined under the
+    MSH-4 its header shows read byte for byte (`pipeline.delivery.intake.quarantine`): that
+    is the laboratory it names, so a token cannot file a rejection under another's name."""
     try:
         msh = read_msh(decode_message(raw).text)
     except IntakeError:
-        return None
+        return _undecoded_sender(raw)
     return msh.value(4).strip() or msh.value(3).strip()
+
+
+def _undecoded_sender(raw: RawMessage) -> str | None:
+    """MSH-4 as a quarantine row would record it for a message that cannot be decoded."""
+    msh = IntakeResult(raw.index, raw.data).msh
+    if msh is None:
+        return None
+    components = msh.components(4)
+    return (components[0] if components else "").strip() or None
 
 
 def split_for(data: bytes, laboratory: str | None) -> Submission:

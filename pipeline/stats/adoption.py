@@ -32,8 +32,8 @@ from sqlalchemy.sql import Select
 from pipeline.db import utcnow
 from pipeline.ledger.models import Delivery, Receipt
 from pipeline.recipients.models import Certificate, Channel, Recipient
-from pipeline.stats.period import Period
-from pipeline.stats.sql import laboratories_in, prepare_report
+from pipeline.stats.period import Period, check_span
+from pipeline.stats.sql import laboratories_in, prepare_report, report_deadline
 
 #: Every laboratory, or every specialty.
 ALL = "*"
@@ -63,6 +63,7 @@ def adoption_stats(
     *,
     laboratory: str | None = None,
     now: datetime | None = None,
+    timeout: float | None = None,
 ) -> list[AdoptionStats]:
     """Rows sorted by laboratory then specialty ("*" first in each).
 
@@ -70,8 +71,18 @@ def adoption_stats(
     recipient) pair seen in the period is tagged — addressed (a delivery of a message
     received in the period), active (a read or an acknowledging receipt in the period) —
     by ONE hash aggregation over the union of the three sources, instead of joining large
-    sets to each other; then joined to the equipped recipients and counted."""
-    prepare_report(session)
+    sets to each other; then joined to the equipped recipients and counted.
+
+    A period over a year: PeriodTooLong. `timeout`: seconds the report may run (None: no
+    limit); beyond, ReportTooSlow."""
+    check_span(period, "adoption")
+    with report_deadline(session, timeout):
+        return _adoption_stats(session, period, laboratory, now)
+
+
+def _adoption_stats(
+    session: Session, period: Period, laboratory: str | None, now: datetime | None
+) -> list[AdoptionStats]:
     equipped = equipped_recipients(now or utcnow()).cte("equipped")
     # Named laboratories: the (laboratory, message_received_at) index is then read as one
     # range per laboratory, from the index alone.

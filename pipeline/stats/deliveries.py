@@ -35,30 +35,42 @@ How it stays fast on a large ledger (10 million deliveries, see benchmarks/stats
 - the deliveries are read one laboratory at a time from the (laboratory,
   message_received_at) index, which carries every column read: an index-only range scan,
   already in laboratory order, so a month of every laboratory is never sorted as a whole;
-- a day or month grouping is not computed per row (a date function on every row costs more
-  than the rest of the query): the period is cut into its UTC days or months here, each
-  slice a range of that index, all slices of a laboratory in one UNION ALL statement;
+- a day or month grouping is the UTC day or month of each row, computed in SQL
+  (`pipeline.stats.sql.utc_bucket`): one statement per laboratory and figure whatever the
+  period's length, with a fixed handful of bound parameters (cutting the period into one
+  SQL term per day made a two-year daily report exceed SQLite's limits, and a report from
+  year 1 build a statement of millions of terms). The rows come from the index in time
+  order, so they come already grouped;
 - counts and both percentiles come from one pass (one sort per group for the percentiles).
+
+The period a report may cover is bounded per grouping (`pipeline.stats.period.SPAN_LIMITS`),
+and every statement by the report time limit (`pipeline.stats.sql.report_deadline`).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, literal, literal_column, select, union_all
+from sqlalchemy import and_, case, func, literal, literal_column, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from pipeline.errors import LabdispatchError
 from pipeline.ledger.models import Delivery, Event, Message, Rejection
-from pipeline.stats.period import Period
-from pipeline.stats.sql import dialect_of, laboratories_in, per_laboratory, prepare_report
+from pipeline.stats.period import Period, check_span
+from pipeline.stats.sql import (
+    bucket_label,
+    dialect_of,
+    laboratories_in,
+    per_laboratory,
+    report_deadline,
+    utc_bucket,
+)
 
 GROUPINGS = ("day", "month", "channel", "recipient")
 #: Delivery states that mean the recipient's side has it.
@@ -98,15 +110,32 @@ _EMPTY: dict[str, Any] = {
 
 
 def delivery_stats(
-    session: Session, period: Period, *, group_by: str, laboratory: str | None = None
+    session: Session,
+    period: Period,
+    *,
+    group_by: str,
+    laboratory: str | None = None,
+    timeout: float | None = None,
 ) -> list[DeliveryStats]:
+    """The report's rows. A period longer than the grouping allows: PeriodTooLong.
+    `timeout`: the seconds one statement may take (None: no limit); beyond, ReportTooSlow."""
     if group_by not in GROUPINGS:
         raise StatsError(f"cannot group by {group_by!r}: use one of {', '.join(GROUPINGS)}")
+    check_span(period, group_by)
+    with report_deadline(session, timeout):
+        return _delivery_stats(session, period, group_by, laboratory, timeout)
+
+
+def _delivery_stats(
+    session: Session,
+    period: Period,
+    group_by: str,
+    laboratory: str | None,
+    timeout: float | None,
+) -> list[DeliveryStats]:
     dialect = dialect_of(session)
-    prepare_report(session)
     by_time = group_by in ("day", "month")
     zero = 0 if by_time else None
-    slices = time_slices(period, group_by) if by_time else [(None, period.start, period.end)]
     # Figures by (laboratory, group), as plain dicts until the end: a report per recipient
     # has tens of thousands of rows.
     rows: dict[tuple[str, str], dict[str, Any]] = {}
@@ -119,14 +148,20 @@ def delivery_stats(
             )
         row.update(figures)
 
-    def group_of(label: str | None) -> ColumnElement[Any]:
-        return literal(label) if label is not None else _delivery_group(group_by)
+    def group_of(moment: Any) -> ColumnElement[Any]:
+        """The group: the UTC day or month of `moment`, or the channel or recipient."""
+        if by_time:
+            return utc_bucket(dialect, moment, group_by)
+        return _delivery_group(group_by)
+
+    def label(value: Any) -> str:
+        return bucket_label(value, group_by) if by_time else str(value)
 
     handed_at = func.coalesce(Delivery.accepted_at, Delivery.delivered_at, Delivery.read_at)
     delivered = and_(Delivery.state.in_(HANDED_OVER), handed_at.is_not(None))
 
-    def counts(label: str | None, start: datetime, end: datetime, lab: str) -> Any:
-        group = group_of(label).label("grp")
+    def counts(lab: str) -> Any:
+        group = group_of(Delivery.message_received_at).label("grp")
         columns: list[Any] = [
             Delivery.laboratory,
             group,
@@ -138,7 +173,7 @@ def delivery_stats(
                 func.sum(case((Delivery.attempts > 1, Delivery.attempts - 1), else_=0)), 0
             ),
         ]
-        if label is None:  # channel / recipient: the messages with a delivery in the group
+        if not by_time:  # channel / recipient: the messages with a delivery in the group
             columns.append(func.count(func.distinct(Delivery.message_id)))
         if dialect == "postgresql":
             # Both fractions in one call: one sort per group; NULLs (not delivered) are left
@@ -148,22 +183,21 @@ def delivery_stats(
             )
             fractions: ColumnElement[Any] = literal_column("ARRAY[0.5, 0.95]")
             columns.append(func.percentile_cont(fractions).within_group(seconds))
-        query = select(*columns).where(*_deliveries_in(start, end, lab))
-        return query.group_by(Delivery.laboratory, *([group] if label is None else []))
+        query = select(*columns).where(*_deliveries_in(period.start, period.end, lab))
+        return query.group_by(Delivery.laboratory, group)
 
     # One statement per laboratory: each is one range of the (laboratory,
-    # message_received_at) index, already in group order, so PostgreSQL never sorts a month
+    # message_received_at) index, read in time order, so PostgreSQL never sorts a month
     # of every laboratory to aggregate it, only one laboratory's durations for its
     # percentiles; and the laboratories' statements run side by side (`per_laboratory`).
     labs = [laboratory] if laboratory is not None else laboratories_in(session, period)
-    statements = per_laboratory(
-        session, labs, lambda one_lab: _union(slices, functools.partial(counts, lab=one_lab))
-    )
+    statements = per_laboratory(session, labs, counts, timeout=timeout)
     # Each (laboratory, group) comes once from these statements: its row is made whole here
     # (a report per recipient has tens of thousands; the later updates touch few).
-    for lab, group, unroutable, handed, read, failed, retries, *more in map(tuple, statements):
+    for lab, value, unroutable, handed, read, failed, retries, *more in map(tuple, statements):
         received = 0 if by_time else int(more.pop(0))
         median, p95 = more[0] if more and more[0] is not None else (None, None)
+        group = label(value)
         rows[(lab, group)] = {
             "laboratory": lab,
             "group": group,
@@ -181,17 +215,14 @@ def delivery_stats(
 
     if dialect != "postgresql":
         durations: dict[tuple[str, str], list[float]] = defaultdict(list)
-
-        def timings(label: str | None, start: datetime, end: datetime) -> Any:
-            return select(
-                Delivery.laboratory,
-                group_of(label).label("grp"),
-                handed_at,
-                Delivery.message_received_at,
-            ).where(delivered, *_deliveries_in(start, end, laboratory))
-
-        for lab, group, at, received_at in session.execute(_union(slices, timings)):
-            durations[(lab, group)].append((at - received_at).total_seconds())
+        timings = select(
+            Delivery.laboratory,
+            group_of(Delivery.message_received_at),
+            handed_at,
+            Delivery.message_received_at,
+        ).where(delivered, *_deliveries_in(period.start, period.end, laboratory))
+        for lab, value, at, received_at in session.execute(timings):
+            durations[(lab, label(value))].append((at - received_at).total_seconds())
         for (lab, group), values in durations.items():
             values.sort()
             update(
@@ -203,40 +234,13 @@ def delivery_stats(
 
     if by_time:
         for column, query in (
-            ("received", _received(laboratory)),
-            ("duplicates", _duplicates(laboratory)),
-            ("rejected", _rejected(laboratory)),
+            ("received", _received(period, laboratory, group_of)),
+            ("duplicates", _duplicates(period, laboratory, group_of)),
+            ("rejected", _rejected(period, laboratory, group_of)),
         ):
-            for lab, group, count in session.execute(_union(slices, query)):
-                update(lab, group, **{column: int(count)})
+            for lab, value, count in session.execute(query):
+                update(lab, label(value), **{column: int(count)})
     return [DeliveryStats(**rows[key]) for key in sorted(rows)]
-
-
-def time_slices(period: Period, unit: str) -> list[tuple[str, datetime, datetime]]:
-    """The period cut at UTC day or month starts: (label, start, end) each."""
-    slices = []
-    start = period.start
-    while start < period.end:
-        if unit == "day":
-            label = start.strftime("%Y-%m-%d")
-            boundary = datetime(start.year, start.month, start.day, tzinfo=start.tzinfo)
-            following = boundary + timedelta(days=1)
-        else:
-            label = start.strftime("%Y-%m")
-            year, month = divmod(start.year * 12 + start.month, 12)  # month is 0-based here
-            following = datetime(year, month + 1, 1, tzinfo=start.tzinfo)
-        end = min(following, period.end)
-        slices.append((label, start, end))
-        start = end
-    return slices
-
-
-SliceQuery = Callable[[str | None, datetime, datetime], Any]
-
-
-def _union(slices: Sequence[tuple[str | None, datetime, datetime]], build: SliceQuery) -> Any:
-    queries = [build(label, start, end) for label, start, end in slices]
-    return queries[0] if len(queries) == 1 else union_all(*queries)
 
 
 def _deliveries_in(start: datetime, end: datetime, laboratory: str | None) -> list[Any]:
@@ -267,43 +271,41 @@ def _count(condition: ColumnElement[bool]) -> ColumnElement[int]:
     return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
 
-def _received(laboratory: str | None) -> SliceQuery:
-    def build(label: str | None, start: datetime, end: datetime) -> Any:
-        query = select(Message.laboratory, literal(label), func.count()).where(
-            Message.received_at >= start, Message.received_at < end
-        )
-        if laboratory is not None:
-            query = query.where(Message.laboratory == laboratory)
-        return query.group_by(Message.laboratory)
-
-    return build
+#: The group of a row, from the moment it is dated by.
+Grouping = Callable[[Any], ColumnElement[Any]]
 
 
-def _duplicates(laboratory: str | None) -> SliceQuery:
-    def build(label: str | None, start: datetime, end: datetime) -> Any:
-        query = (
-            select(Message.laboratory, literal(label), func.count())
-            .select_from(Event)
-            .join(Message, Message.id == Event.message_id)
-            .where(Event.kind == "duplicate", Event.at >= start, Event.at < end)
-        )
-        if laboratory is not None:
-            query = query.where(Message.laboratory == laboratory)
-        return query.group_by(Message.laboratory)
-
-    return build
+def _received(period: Period, laboratory: str | None, group_of: Grouping) -> Any:
+    group = group_of(Message.received_at)
+    query = select(Message.laboratory, group, func.count()).where(
+        Message.received_at >= period.start, Message.received_at < period.end
+    )
+    if laboratory is not None:
+        query = query.where(Message.laboratory == laboratory)
+    return query.group_by(Message.laboratory, group)
 
 
-def _rejected(laboratory: str | None) -> SliceQuery:
-    def build(label: str | None, start: datetime, end: datetime) -> Any:
-        query = select(Rejection.laboratory, literal(label), func.count()).where(
-            Rejection.received_at >= start, Rejection.received_at < end
-        )
-        if laboratory is not None:
-            query = query.where(Rejection.laboratory == laboratory)
-        return query.group_by(Rejection.laboratory)
+def _duplicates(period: Period, laboratory: str | None, group_of: Grouping) -> Any:
+    group = group_of(Event.at)
+    query = (
+        select(Message.laboratory, group, func.count())
+        .select_from(Event)
+        .join(Message, Message.id == Event.message_id)
+        .where(Event.kind == "duplicate", Event.at >= period.start, Event.at < period.end)
+    )
+    if laboratory is not None:
+        query = query.where(Message.laboratory == laboratory)
+    return query.group_by(Message.laboratory, group)
 
-    return build
+
+def _rejected(period: Period, laboratory: str | None, group_of: Grouping) -> Any:
+    group = group_of(Rejection.received_at)
+    query = select(Rejection.laboratory, group, func.count()).where(
+        Rejection.received_at >= period.start, Rejection.received_at < period.end
+    )
+    if laboratory is not None:
+        query = query.where(Rejection.laboratory == laboratory)
+    return query.group_by(Rejection.laboratory, group)
 
 
 def _seconds(value: Any) -> float | None:

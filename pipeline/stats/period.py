@@ -19,6 +19,25 @@ class PeriodError(LabdispatchError):
     """A period that cannot be read, or that ends before it starts."""
 
 
+class PeriodTooLong(PeriodError):
+    """A period longer than its report may cover (SPAN_LIMITS)."""
+
+
+#: The longest period each report covers: (how many, of what). A report's cost grows with
+#: the deliveries in its period, and one row per laboratory per day or month: a year by
+#: day (366 rows a laboratory) is the longest daily view billing or a laboratory needs
+#: (an annual report, day by day); five years by month (60 rows) covers any multi-year
+#: comparison; a year by channel or recipient (or adoption) is the longest billing
+#: period. Longer questions are asked in several periods.
+SPAN_LIMITS: dict[str, tuple[int, str]] = {
+    "day": (366, "days"),
+    "month": (60, "months"),
+    "channel": (366, "days"),
+    "recipient": (366, "days"),
+    "adoption": (366, "days"),
+}
+
+
 @dataclass(frozen=True)
 class Period:
     """[start, end): aware UTC datetimes, `end` excluded."""
@@ -34,6 +53,24 @@ class Period:
     def last_day(self) -> date:
         """The last day the period touches (the `to` a person would type)."""
         return (self.end - timedelta(microseconds=1)).date()
+
+
+def check_span(period: Period, report: str) -> None:
+    """PeriodTooLong, naming the limit, when `period` is longer than `report` may cover
+    (`report`: a grouping of the delivery report, or "adoption")."""
+    limit, unit = SPAN_LIMITS[report]
+    first, last = period.first_day, period.last_day
+    if unit == "months":
+        span = (last.year - first.year) * 12 + last.month - first.month + 1
+    else:
+        span = (last - first).days + 1
+    if span > limit:
+        what = "an adoption report" if report == "adoption" else f"a report by {report}"
+        advice = " or group by month" if report == "day" else ""
+        raise PeriodTooLong(
+            f"{what} covers at most {limit} {unit}; {first.isoformat()} to "
+            f"{last.isoformat()} is {span} {unit}: ask for a shorter period{advice}"
+        )
 
 
 def day_period(first: date, last: date) -> Period:
@@ -64,9 +101,11 @@ def _parse_bound(text: str, option: str, *, end: bool) -> datetime:
     if "T" not in value and " " not in value:
         try:
             day = date.fromisoformat(value)
+            return _midnight(day + timedelta(days=1) if end else day)
         except ValueError:
             raise PeriodError(f"{option} {text}: not a date (YYYY-MM-DD)") from None
-        return _midnight(day + timedelta(days=1) if end else day)
+        except OverflowError:
+            raise PeriodError(f"{option} {text}: out of the calendar's range") from None
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -79,7 +118,10 @@ def _parse_bound(text: str, option: str, *, end: bool) -> datetime:
             f"{option} {text}: a datetime needs its UTC offset (…+01:00 or …Z); "
             "a plain date is read as UTC"
         )
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise PeriodError(f"{option} {text}: out of the calendar's range") from None
 
 
 def _midnight(day: date) -> datetime:

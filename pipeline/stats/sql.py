@@ -8,15 +8,19 @@ far less per row than formatting it, and the label is written here.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from pipeline.errors import LabdispatchError
 from pipeline.ledger.models import Message
 from pipeline.stats.period import Period
 
@@ -30,22 +34,75 @@ def dialect_of(session: Session | Connection) -> str:
 
 #: Connections one report may use at once on PostgreSQL (one statement per laboratory).
 REPORT_CONNECTIONS = 4
+#: SQLite virtual machine steps between two looks at a report's deadline (~1 ms of work).
+_SQLITE_CHECK_STEPS = 10_000
+#: PostgreSQL's SQLSTATE for a statement cancelled (statement_timeout).
+_QUERY_CANCELED = "57014"
 
 
-def prepare_report(session: Session | Connection) -> None:
+class ReportTooSlow(LabdispatchError):
+    """A report ran past its time limit and was stopped (`LABDISPATCH_STATS_TIMEOUT`)."""
+
+
+def prepare_report(session: Session | Connection, timeout: float | None = None) -> None:
     """Settings for the reports' few large aggregates, for this transaction only.
 
     PostgreSQL's JIT compiler takes longer to compile these one-off queries (up to a second
     and more, measured on the 10M-delivery benchmark) than they take to run; and a month of
     deliveries sorted for its percentiles needs more than the default 4 MB of work memory
-    not to spill to disk."""
+    not to spill to disk. `timeout`: seconds each statement may run (statement_timeout);
+    the server stops it beyond, whether or not anyone still waits for it."""
     if dialect_of(session) == "postgresql":
         session.execute(text("SET LOCAL jit = off"))
         session.execute(text("SET LOCAL work_mem = '128MB'"))
+        if timeout is not None:
+            milliseconds = max(1, round(timeout * 1000))
+            session.execute(text(f"SET LOCAL statement_timeout = {milliseconds}"))
+
+
+@contextlib.contextmanager
+def report_deadline(session: Session, timeout: float | None) -> Iterator[None]:
+    """Run a report within `timeout` seconds (None: no limit), or raise ReportTooSlow.
+
+    PostgreSQL: each statement of the report, on every connection it uses, is cancelled by
+    the server past `timeout` (`prepare_report`). SQLite has no statement timeout: the whole
+    report is interrupted from its progress handler once the deadline has passed. Either
+    way a slow report frees its core and its connection instead of holding them (and the
+    API's shutdown) for as long as it would take."""
+    prepare_report(session, timeout)
+    dbapi_connection: Any = None
+    fired: list[bool] = []
+    if timeout is not None and dialect_of(session) == "sqlite":
+        dbapi_connection = session.connection().connection.dbapi_connection
+        deadline = time.monotonic() + timeout
+
+        def past_deadline() -> int:
+            if time.monotonic() > deadline:
+                fired.append(True)
+                return 1  # SQLite stops the statement: OperationalError "interrupted"
+            return 0
+
+        dbapi_connection.set_progress_handler(past_deadline, _SQLITE_CHECK_STEPS)
+    try:
+        yield
+    except DBAPIError as error:
+        if fired or getattr(error.orig, "sqlstate", None) == _QUERY_CANCELED:
+            raise ReportTooSlow(
+                f"the report was stopped after {timeout:g} s, the longest a report may run "
+                "(LABDISPATCH_STATS_TIMEOUT): ask for a shorter period or one laboratory"
+            ) from None
+        raise
+    finally:
+        if dbapi_connection is not None:
+            dbapi_connection.set_progress_handler(None, 0)
 
 
 def per_laboratory(
-    session: Session, laboratories: Sequence[str], statement: Callable[[str], Any]
+    session: Session,
+    laboratories: Sequence[str],
+    statement: Callable[[str], Any],
+    *,
+    timeout: float | None = None,
 ) -> Iterator[Row[Any]]:
     """The rows of `statement(lab)` for each laboratory, in laboratory order.
 
@@ -63,7 +120,7 @@ def per_laboratory(
 
     def one(laboratory: str) -> list[Row[Any]]:
         with bind.connect() as connection, connection.begin():
-            prepare_report(connection)
+            prepare_report(connection, timeout)
             return list(connection.execute(statement(laboratory)))
 
     with ThreadPoolExecutor(max_workers=min(REPORT_CONNECTIONS, len(laboratories))) as pool:

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from sqlalchemy import select
+from sqlalchemy import Engine, create_engine, select, text
 
 from pipeline.db import open_database
 from pipeline.ledger.models import Message
 from pipeline.settings import Settings
+from tests.support import eventually
 from tests.workers.api.conftest import HL7, LAB_A, PATIENT_NAMES, result_of
 from workers.cli import main
 from workers.stack import free_port
@@ -128,3 +130,73 @@ def _wait_until_up(process: subprocess.Popen[bytes], url: str) -> None:
             pass
         time.sleep(0.05)
     raise AssertionError("api serve did not answer /healthz within 60 s")
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_sigterm_stops_serve_promptly_while_a_report_is_still_running(
+    cli_env: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report blocked in the database (here: on a lock another session holds) must not
+    hold the stop: uvicorn cuts the call after LABDISPATCH_API_SHUTDOWN_TIMEOUT and the
+    report's thread does not keep the process alive (it took ~15 s, or as long as the
+    query ran)."""
+    monkeypatch.setenv("LABDISPATCH_API_SHUTDOWN_TIMEOUT", "2")
+    assert main(["tokens", "create", "--role", "billing"]) == 0
+    secret = capsys.readouterr().out.strip()
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "api", "serve", "--port", str(port)],
+        cwd=REPO,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    engine = create_engine(cli_env)
+    holder = engine.connect()
+    answers: list[httpx.Response | Exception] = []
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_until_up(process, f"{base}/healthz")
+        holder.execute(text("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE"))
+
+        def ask() -> None:
+            try:
+                answers.append(
+                    httpx.get(
+                        f"{base}/v1/stats/deliveries?group_by=day",
+                        headers={"Authorization": f"Bearer {secret}"},
+                        timeout=60,
+                    )
+                )
+            except httpx.HTTPError as error:
+                answers.append(error)
+
+        caller = threading.Thread(target=ask)
+        caller.start()
+        eventually(lambda: _waiting_on_a_lock(engine))  # the report is in the database
+        stopping = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(20)
+        took = time.monotonic() - stopping
+        caller.join(30)
+    finally:
+        holder.rollback()
+        holder.close()
+        engine.dispose()
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+
+    assert status == 0 and took < 8, took
+    assert len(answers) == 1  # cut by the server, or answered 503: never left hanging
+
+
+def _waiting_on_a_lock(engine: Engine) -> bool:
+    with engine.connect() as connection:
+        waiting = connection.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            )
+        )
+    return bool(waiting)

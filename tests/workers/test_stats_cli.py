@@ -105,3 +105,32 @@ def test_a_bad_period_is_one_line_and_exit_2(
 
     out, err = capsys.readouterr()
     assert (status, out, err) == (2, "", message)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["deliveries", "--from", "2025-01-01", "--to", "2026-11-30", "--group-by", "day"],
+            "labdispatch: a report by day covers at most 366 days; 2025-01-01 to 2026-11-30 is "
+            "699 days: ask for a shorter period or group by month\n",
+        ),
+        (
+            ["deliveries", "--from", "0001-01-01", "--to", "2026-11-30"],
+            "labdispatch: a report by month covers at most 60 months; 0001-01-01 to 2026-11-30 "
+            "is 24311 months: ask for a shorter period\n",
+        ),
+        (
+            ["adoption", "--from", "2025-01-01", "--to", "2026-11-30"],
+            "labdispatch: an adoption report covers at most 366 days; 2025-01-01 to 2026-11-30 "
+            "is 699 days: ask for a shorter period\n",
+        ),
+    ],
+)
+def test_a_period_too_long_for_the_report_is_one_line_naming_the_limit_and_exit_2(
+    cli_env: str, arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["stats", *arguments])
+
+    out, err = capsys.readouterr()
+    assert (status, out, err) == (2, "", message)

@@ -30,6 +30,11 @@ log = logging.getLogger("labdispatch.api")
 #: Query parameters whose values are logged: codes and dates, never patient data.
 LOGGED_QUERY = ("lab", "from", "to", "group_by", "control_id")
 INTERNAL_ERROR = {"error": "internal error"}
+#: How `_one_line` writes what must not reach a log as it is.
+_ESCAPES = {
+    code: (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    for code in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+} | {ord("\\"): "\\\\"}
 
 
 class AccessLog:
@@ -76,7 +81,9 @@ def describe_call(scope: Scope) -> str:
     if template is None:
         return f"{scope.get('method', '?')} (no route)"
     parts = [scope.get("method", "?"), template]
-    parts += [f"{name}={value}" for name, value in scope.get("path_params", {}).items()]
+    parts += [
+        f"{name}={_one_line(str(value))}" for name, value in scope.get("path_params", {}).items()
+    ]
     parts += [f"{name}={_one_line(value)}" for name, value in _logged_query(scope)]
     return " ".join(parts)
 
@@ -97,9 +104,14 @@ def _logged_query(scope: Scope) -> list[tuple[str, str]]:
 
 
 def _one_line(value: str) -> str:
-    """A query value as a log shows it: one line, bounded."""
-    text = value.replace("\r", " ").replace("\n", " ")
-    return text if len(text) <= 80 else text[:77] + "..."
+    """A query value as a log shows it: one line, bounded, no control character.
+
+    Bounded first, then escaped (the escapes never cut in two): a control character (C0,
+    DEL, C1, and Unicode's line and paragraph separators) is written as `\\xNN` or
+    `\\uNNNN`, and a backslash doubled, so a NUL, an escape sequence or a line break sent
+    in a query never reaches the log raw and nothing written can pass for an escape."""
+    text = value if len(value) <= 80 else value[:77] + "..."
+    return text.translate(_ESCAPES)
 
 
 async def _send_internal_error(send: Send) -> None:

@@ -35,6 +35,8 @@ from pipeline.delivery.services import DeliveryServices
 from pipeline.delivery.trace import UnknownResult
 from pipeline.errors import LabdispatchError
 from pipeline.settings import Settings
+from pipeline.stats.period import PeriodTooLong
+from pipeline.stats.sql import ReportTooSlow
 from workers.api import dashboard, health, messages, metrics, results, stats
 from workers.api.access_log import INTERNAL_ERROR, AccessLog, describe_call
 from workers.api.messages import Requeue, queue_replayed
@@ -51,6 +53,8 @@ ERROR_STATUS: dict[type[LabdispatchError], int] = {
     UnknownDelivery: 404,
     ReplayRefused: 409,
     TokenError: 400,
+    PeriodTooLong: 422,
+    ReportTooSlow: 503,
 }
 
 

@@ -25,8 +25,8 @@ from sqlalchemy import update
 
 from pipeline.access.tokens import Caller
 from pipeline.db import begin_write, utcnow
-from pipeline.delivery.replay import SEAL, SEND, replay, stage_of
-from pipeline.delivery.trace import trace_message, trace_result, unknown_message
+from pipeline.delivery.replay import SEAL, SEND, UnknownDelivery, replay, stage_of
+from pipeline.delivery.trace import UnknownResult, trace_message, trace_result, unknown_message
 from pipeline.ledger.models import Delivery
 from workers.api.auth import require, sessions_of
 
@@ -37,6 +37,15 @@ log = logging.getLogger("labdispatch.api")
 Requeue = Callable[[Sequence[int], Sequence[int]], None]
 
 TRACE_ROLES = ("lab", "ops")
+
+#: The largest ID the ledger can hold (PostgreSQL's INTEGER). A larger one, or one below 1,
+#: names nothing: it is answered as an ID that does not exist, never passed to the database
+#: (whose driver would fail on it, a 500).
+MAX_LEDGER_ID = 2**31 - 1
+
+
+def _existing(identifier: int) -> bool:
+    return 1 <= identifier <= MAX_LEDGER_ID
 
 
 def queue_replayed(seal: Sequence[int], send: Sequence[int]) -> None:
@@ -77,6 +86,8 @@ def get_message(
     request: Request,
     caller: Caller = Depends(require(*TRACE_ROLES)),  # noqa: B008
 ) -> dict[str, Any]:
+    if not _existing(message_id):
+        raise unknown_message(message_id)
     with sessions_of(request)() as session:
         trace = trace_message(session, message_id)
     if not caller.sees(trace.laboratory):
@@ -98,6 +109,11 @@ def find_messages(
     if lab and not caller.sees(lab):
         raise HTTPException(403, "a laboratory's token sees its own laboratory only")
     laboratory = lab or caller.laboratory
+    if "\x00" in control_id or "\x00" in (laboratory or ""):
+        # No ledger field holds a NUL (PostgreSQL's text cannot: it would fail the query,
+        # a 500): such a value names nothing, answered as one that is not there.
+        where = f" from laboratory {laboratory}" if laboratory else ""
+        raise UnknownResult(f"no result with control ID {control_id}{where} in the ledger")
     with sessions_of(request)() as session:
         traces = trace_result(session, control_id, laboratory=laboratory)
     return {"messages": [trace.as_json() for trace in traces]}
@@ -119,6 +135,10 @@ def replay_message(
     caller: Caller = Depends(require("ops")),  # noqa: B008
 ) -> ReplayAnswer:
     delivery_id = wanted.delivery_id if wanted is not None else None
+    if not _existing(message_id):
+        raise unknown_message(message_id)
+    if delivery_id is not None and not _existing(delivery_id):
+        raise UnknownDelivery(f"message {message_id} has no delivery {delivery_id}")
     sessions = sessions_of(request)
     with sessions() as session:
         begin_write(session)

@@ -65,6 +65,9 @@ def run_api_server(
             access_log=False,
             server_header=False,
             lifespan="on",
+            # After SIGTERM, calls still running this long are cut (a report is stopped by
+            # its own time limit, LABDISPATCH_STATS_TIMEOUT), so a stop is always prompt.
+            timeout_graceful_shutdown=max(1, round(settings.service.api_shutdown_timeout)),
         )
         server = _Server(config, (lambda: ready(host, bound)) if ready is not None else None)
         server.run(sockets=[listener])

@@ -63,18 +63,24 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def run_deliveries(args: argparse.Namespace) -> int:
     period = parse_period(args.first, args.last, today=utcnow().date())
-    sessions = open_database(Settings.from_env())
+    settings = Settings.from_env()
+    sessions = open_database(settings)
+    timeout = settings.service.stats_timeout
     with sessions() as session:
-        rows = delivery_stats(session, period, group_by=args.group_by, laboratory=args.lab)
+        rows = delivery_stats(
+            session, period, group_by=args.group_by, laboratory=args.lab, timeout=timeout
+        )
     _print(rows, DeliveryStats, args.format)
     return 0
 
 
 def run_adoption(args: argparse.Namespace) -> int:
     period = parse_period(args.first, args.last, today=utcnow().date())
-    sessions = open_database(Settings.from_env())
+    settings = Settings.from_env()
+    sessions = open_database(settings)
+    timeout = settings.service.stats_timeout
     with sessions() as session:
-        rows = adoption_stats(session, period, laboratory=args.lab)
+        rows = adoption_stats(session, period, laboratory=args.lab, timeout=timeout)
     _print(rows, AdoptionStats, args.format)
     return 0
 

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import date
+import threading
+import time
+from datetime import UTC, date, datetime
+from typing import Any
 
 import pytest
+from sqlalchemy import Engine, event, insert, text
 from sqlalchemy.orm import Session
 
+from pipeline.ledger.models import Rejection
+from pipeline.stats.adoption import adoption_stats
 from pipeline.stats.deliveries import (
     DeliveryStats,
     StatsError,
     delivery_stats,
     percentile_cont,
-    time_slices,
 )
-from pipeline.stats.period import day_period, parse_period
+from pipeline.stats.period import PeriodTooLong, day_period, parse_period
+from pipeline.stats.sql import ReportTooSlow
 from tests.pipeline.stats.seed import seed_november
 
 NOVEMBER = day_period(date(2026, 11, 1), date(2026, 11, 30))
@@ -132,16 +138,134 @@ def test_percentiles_interpolate_like_postgresql() -> None:
     assert percentile_cont([], 0.5) is None
 
 
-def test_a_period_is_cut_at_utc_day_and_month_starts() -> None:
-    period = parse_period("2026-12-31T22:00:00+00:00", "2027-01-02T06:00:00Z", today=date.today())
+def test_a_period_is_cut_at_utc_day_and_month_starts(ledger: Session) -> None:
+    # From the last second of October (A0) to the first of December (A5), as instants.
+    period = parse_period("2026-10-31T23:59:59+00:00", "2026-12-01T00:00:01Z", today=date.today())
 
-    assert [label for label, _, _ in time_slices(period, "day")] == [
-        "2026-12-31",
-        "2027-01-01",
-        "2027-01-02",
+    by_day = delivery_stats(ledger, period, group_by="day", laboratory="LABA")
+    by_month = delivery_stats(ledger, period, group_by="month", laboratory="LABA")
+
+    assert [(r.group, r.received) for r in by_day if r.group in ("2026-10-31", "2026-12-01")] == [
+        ("2026-10-31", 1),
+        ("2026-12-01", 1),
     ]
-    months = time_slices(period, "month")
-    assert [(label, start.isoformat(), end.isoformat()) for label, start, end in months] == [
-        ("2026-12", "2026-12-31T22:00:00+00:00", "2027-01-01T00:00:00+00:00"),
-        ("2027-01", "2027-01-01T00:00:00+00:00", "2027-01-02T06:00:00+00:00"),
+    assert [(r.group, r.received) for r in by_month] == [
+        ("2026-10", 1),
+        ("2026-11", 5),
+        ("2026-12", 1),
     ]
+
+
+def _statements(session: Session) -> list[int]:
+    """Bound parameters of each statement run on the session's engine from now on."""
+    counts: list[int] = []
+
+    def note(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        counts.append(len(parameters or ()))
+
+    event.listen(session.get_bind(), "before_cursor_execute", note)
+    return counts
+
+
+def test_a_year_by_day_and_five_years_by_month_are_few_statements_of_few_parameters(
+    ledger: Session,
+) -> None:
+    """The report's cost does not grow with the period's length in SQL terms: cutting the
+    period into one SQL term per day made a two-year daily report exceed SQLite's limits
+    (503 "ledger unavailable") and a report from year 1 build millions of terms."""
+    autumn = day_period(date(2026, 10, 1), date(2026, 11, 30))  # all the seeded results
+    year = day_period(date(2025, 12, 1), date(2026, 11, 30))  # 365 days
+    five_years = day_period(date(2021, 12, 1), date(2026, 11, 30))  # 60 months
+    expected_days = delivery_stats(ledger, autumn, group_by="day")
+    expected_months = delivery_stats(ledger, autumn, group_by="month")
+    ledger.rollback()
+    statements = _statements(ledger)
+    delivery_stats(ledger, NOVEMBER, group_by="day")
+    delivery_stats(ledger, NOVEMBER, group_by="month")
+    ledger.rollback()
+    for_a_month = list(statements)
+    statements.clear()
+
+    by_day = delivery_stats(ledger, year, group_by="day")
+    by_month = delivery_stats(ledger, five_years, group_by="month")
+    ledger.rollback()
+
+    assert by_day == expected_days and by_day[0].group == "2026-10-31"
+    assert by_month == expected_months
+    # As many statements, each with as many parameters, as for a month: nothing per day.
+    assert sorted(statements) == sorted(for_a_month) and max(statements) < 50, statements
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "group_by"),
+    [
+        (date(1, 1, 1), date(2026, 11, 30), "month"),
+        (date(2025, 1, 1), date(2026, 11, 30), "day"),
+        (date(2025, 1, 1), date(2026, 11, 30), "recipient"),
+    ],
+)
+def test_a_period_longer_than_the_grouping_covers_is_refused_before_any_query(
+    ledger: Session, first: date, last: date, group_by: str
+) -> None:
+    statements = _statements(ledger)
+
+    with pytest.raises(PeriodTooLong, match=f"a report by {group_by} covers at most"):
+        delivery_stats(ledger, day_period(first, last), group_by=group_by)
+    with pytest.raises(PeriodTooLong, match="an adoption report covers at most 366 days"):
+        adoption_stats(ledger, day_period(first, last))
+
+    assert statements == []
+
+
+def test_a_report_past_its_time_limit_is_stopped_and_says_so(
+    ledger: Session, engine: Engine
+) -> None:
+    """PostgreSQL: a statement waiting on a lock is cancelled by statement_timeout. SQLite:
+    the progress handler interrupts a statement running past the deadline."""
+    holder = None
+    if engine.dialect.name == "postgresql":
+        holder = engine.connect()
+        holder.execute(text("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE"))
+        # Should the time limit not work, the lock goes after 15 s: the test fails, not hangs.
+        release = threading.Timer(15, holder.rollback)
+        release.start()
+        timeout = 0.5
+    else:
+        ledger.execute(
+            insert(Rejection),
+            [
+                {
+                    "source": "mllp",
+                    "ack_code": "AR",
+                    "error": "E",
+                    "content_sha256": "0" * 64,
+                    "raw_encrypted": b"",
+                    "storage_key_id": "k",
+                    "laboratory": "LABA",
+                    "received_at": datetime(2026, 11, 2, tzinfo=UTC),
+                }
+            ]
+            * 20_000,
+        )
+        ledger.commit()
+        timeout = 0.000_001
+    try:
+        started = time.monotonic()
+        with pytest.raises(ReportTooSlow) as raised:
+            delivery_stats(ledger, NOVEMBER, group_by="day", timeout=timeout)
+        took = time.monotonic() - started
+    finally:
+        if holder is not None:
+            release.cancel()
+            release.join()
+            holder.rollback()
+            holder.close()
+    ledger.rollback()
+
+    assert str(raised.value) == (
+        f"the report was stopped after {timeout:g} s, the longest a report may run "
+        "(LABDISPATCH_STATS_TIMEOUT): ask for a shorter period or one laboratory"
+    )
+    assert took < 10
+    # The connection is left as it was: the same report, unhurried, is answered.
+    assert delivery_stats(ledger, NOVEMBER, group_by="month", timeout=60)[0].laboratory == "LABA"

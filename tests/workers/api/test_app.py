@@ -106,3 +106,22 @@ def test_no_log_line_holds_the_patients_name_or_a_token(
     for secret in api.tokens.values():
         assert secret not in logged
     assert "Bearer" not in logged and "authorization" not in logged.lower()
+
+
+def test_control_characters_in_a_logged_query_value_are_escaped_never_written_raw(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    # NUL, ESC (a terminal escape sequence), CR LF (a forged second line), DEL, a C1
+    # control, Unicode's line separator, and a backslash that must not pass for an escape.
+    query = "control_id=A%00B%1B%5B31mC%0D%0AD%7FE%C2%85F%E2%80%A8G%5Cx00"
+
+    response = api.client.get(f"/v1/messages?{query}", headers=api.auth("ops"))
+
+    assert response.status_code == 404  # no such control ID
+    (line,) = [r.getMessage() for r in caplog.records if r.name == ACCESS]
+    assert line.startswith(
+        "GET /v1/messages control_id=A\\x00B\\x1b[31mC\\x0d\\x0aD\\x7fE\\x85F\\u2028G\\\\x00 404"
+    ), line
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in line)
+    assert "\u2028" not in line

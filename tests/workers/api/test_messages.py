@@ -162,3 +162,55 @@ def test_a_bad_replay_body_or_id_is_400_naming_the_field(api: Api) -> None:
     assert body.status_code == path.status_code == 400
     assert "delivery_id" in body.json()["error"]
     assert "message_id" in path.json()["error"]
+
+
+@pytest.mark.parametrize("wanted", ["99999999999999999999999", "2147483648", "0", "-1"])
+def test_an_id_beyond_what_the_ledger_holds_is_404_like_a_missing_one(
+    api: Api, failed: tuple[int, list[int]], wanted: str
+) -> None:
+    message_id, deliveries = failed
+    trace = api.client.get(f"/v1/messages/{wanted}", headers=api.auth("ops"))
+    replayed = api.client.post(f"/v1/messages/{wanted}/replay", headers=api.auth("ops"))
+    named = api.client.post(
+        f"/v1/messages/{message_id}/replay",
+        json={"delivery_id": int(wanted)},
+        headers=api.auth("ops"),
+    )
+
+    assert trace.status_code == replayed.status_code == named.status_code == 404
+    assert trace.json() == replayed.json() == {"error": f"no message {wanted} in the ledger"}
+    assert named.json() == {"error": f"message {message_id} has no delivery {wanted}"}
+    assert {d.state for d in _deliveries(api, message_id) if d.id in deliveries} == {"failed"}
+
+
+@pytest.mark.parametrize("state", ["accepted", "delivered", "read"])
+def test_a_delivery_handed_over_is_never_reopened_by_replay(
+    api: Api, failed: tuple[int, list[int]], state: str
+) -> None:
+    """Replay is for `failed` only: a delivery the recipient's side has (accepted, delivered,
+    read) stays as it is, named or not, with no `replayed` event and nothing queued."""
+    message_id, deliveries = failed
+    handed_at = utcnow()
+    with api.sessions.begin() as session:
+        for delivery in session.scalars(select(Delivery).where(Delivery.id.in_(deliveries))):
+            delivery.state = state
+            delivery.accepted_at = handed_at
+            delivery.delivered_at = handed_at if state in ("delivered", "read") else None
+            delivery.read_at = handed_at if state == "read" else None
+            delivery.failed_at = None
+    url = f"/v1/messages/{message_id}/replay"
+
+    named = [
+        api.client.post(url, json={"delivery_id": d}, headers=api.auth("ops")) for d in deliveries
+    ]
+    every = api.client.post(url, headers=api.auth("ops"))
+
+    assert [r.status_code for r in named] == [409, 409] and every.status_code == 409
+    assert [r.json()["error"] for r in named] == [
+        f"delivery {d} is {state}, not failed: nothing to replay" for d in deliveries
+    ]
+    after = [d for d in _deliveries(api, message_id) if d.id in deliveries]
+    assert [(d.state, d.accepted_at is not None) for d in after] == [(state, True)] * 2
+    with api.sessions() as session:
+        kinds = set(session.scalars(select(Event.kind).where(Event.message_id == message_id)))
+    assert "replayed" not in kinds and api.requeued == []

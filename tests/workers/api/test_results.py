@@ -4,12 +4,14 @@ message, refusals quarantined), and a laboratory's token submitting its own resu
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, event, func, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.ledger.models import Message, Rejection
@@ -218,3 +220,99 @@ def test_when_the_ledger_cannot_record_the_answer_is_503_ae_send_again(
     assert entry["reason"] == NOT_STORED_REASON
     assert er7.status_code == 503 and b"\rMSA|AE|LOST-2|not stored" in er7.content
     assert api.routed == []
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        RuntimeError("commit refused"),
+        OperationalError("COMMIT", {}, sqlite3.OperationalError("disk I/O error")),
+    ],
+    ids=["error", "database-error"],
+)
+def test_when_the_commit_itself_fails_the_answer_is_ae_503_nothing_stored_nothing_routed(
+    api: Api, failure: Exception
+) -> None:
+    """ARCHITECTURE rule 1 at its sharpest: intake recorded everything (flushed), then the
+    COMMIT fails. No AA may leave, nothing may be kept, nothing may be routed."""
+
+    def refuse(session: Session) -> None:
+        # Intake's COMMIT only: not a SAVEPOINT's release inside it, nor another thread's.
+        if threading.current_thread().name == "mllp-committer" and (
+            not session.in_nested_transaction()
+        ):
+            raise failure
+
+    body = result_of(LAB_A, "COMMIT-1") + b"MSH|^~\\&|LIS|" + LAB_A.encode() + b"\rPID|\r"
+    event.listen(api.sessions, "before_commit", refuse)
+    try:
+        response = api.post_result(body, "lab_a")
+        er7 = api.post_result(result_of(LAB_A, "COMMIT-2"), "lab_a", Accept="application/hl7-v2")
+    finally:
+        event.remove(api.sessions, "before_commit", refuse)
+
+    assert response.status_code == er7.status_code == 503
+    entries = response.json()["messages"]
+    assert [(e["status"], e["message_id"], e["ack_code"]) for e in entries] == [
+        ("not_stored", None, "AE"),
+        ("not_stored", None, "AE"),
+    ]
+    assert all("\rMSA|AE|" in e["ack"] and "\rMSA|AA|" not in e["ack"] for e in entries)
+    assert b"\rMSA|AE|COMMIT-2|not stored" in er7.content and b"MSA|AA" not in er7.content
+    assert _messages(api.sessions) == [] and _rejections(api.sessions) == 0
+    # The ledger itself is fine: the same result sent again is recorded and routed. The
+    # committer's thread hands work to routing in order, so once this one is there, any
+    # (wrongful) routing of the refused commits would be there before it.
+    again = api.post_result(result_of(LAB_A, "COMMIT-2"), "lab_a")
+    assert again.status_code == 200
+    eventually(lambda: bool(api.routed))
+    assert api.routed == [again.json()["messages"][0]["message_id"]]
+
+
+def _undecodable(laboratory: str, control_id: str, how: str) -> bytes:
+    """A result that cannot be decoded: a Latin-1 byte (é as 0xE9) in a message that says
+    UTF-8, or a character set MSH-18 names that does not exist."""
+    if how == "bad-byte":
+        data = result_of(laboratory, control_id)
+        assert "Hélène".encode() in data
+        return data.replace("Hélène".encode(), "Hélène".encode("latin-1"))
+    return result_of(laboratory, control_id, msh_18="KLINGON")
+
+
+def _rejected_under(sessions: sessionmaker[Session]) -> list[tuple[str, str]]:
+    with sessions() as session:
+        rows = session.execute(select(Rejection.laboratory, Rejection.control_id))
+        return sorted((laboratory, control_id) for laboratory, control_id in rows)
+
+
+@pytest.mark.parametrize("how", ["bad-byte", "unknown-charset"])
+def test_a_lab_tokens_undecodable_message_naming_another_laboratory_is_stored_nowhere(
+    api: Api, how: str
+) -> None:
+    """LABO-B's token sends, in LABO-A's name, what cannot be decoded: AR naming MSH-4, and
+    no quarantine row under LABO-A (it would show on LABO-A's dashboard and be billed to it
+    as `rejected`), as for a readable message in another's name (docs/api.md)."""
+    alone = api.post_result(_undecodable(LAB_A, "ENC-1", how), "lab_b")
+    batch = api.post_result(result_of(LAB_B, "ENC-2") + _undecodable(LAB_A, "ENC-3", how), "lab_b")
+
+    assert alone.status_code == batch.status_code == 422
+    (refused,) = alone.json()["messages"]
+    own, foreign = batch.json()["messages"]
+    for entry in (refused, foreign):
+        assert (entry["status"], entry["ack_code"], entry["message_id"]) == ("rejected", "AR", None)
+        assert "MSH-4" in entry["reason"] and LAB_A in entry["reason"]
+    assert own["status"] == "accepted"
+    assert [(m.laboratory, m.control_id) for m in _messages(api.sessions)] == [(LAB_B, "ENC-2")]
+    assert _rejected_under(api.sessions) == []
+
+
+@pytest.mark.parametrize("how", ["bad-byte", "unknown-charset"])
+def test_a_lab_tokens_own_undecodable_message_is_quarantined_under_its_laboratory(
+    api: Api, how: str
+) -> None:
+    response = api.post_result(_undecodable(LAB_B, "ENC-4", how), "lab_b")
+
+    assert response.status_code == 422
+    (entry,) = response.json()["messages"]
+    assert (entry["status"], entry["ack_code"]) == ("rejected", "AR")
+    assert _rejected_under(api.sessions) == [(LAB_B, "ENC-4")]

@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+from sqlalchemy import Engine, insert, text
 
 from pipeline.db import utcnow
+from pipeline.ledger.models import Rejection
 from pipeline.stats.adoption import adoption_stats
 from pipeline.stats.deliveries import delivery_stats
 from pipeline.stats.period import parse_period
 from pipeline.stats.render import as_rows_json
-from tests.workers.api.conftest import LAB_A, LAB_B, World
+from tests.workers.api.conftest import LAB_A, LAB_B, Api, World
 
 THIS_MONTH = parse_period(None, None, today=utcnow().date())
 
@@ -71,3 +78,89 @@ def test_an_unreadable_period_or_grouping_is_400_with_the_reason(world: World) -
     assert "not a date" in answers["bad day"].json()["error"]
     assert "the period is empty" in answers["backwards"].json()["error"]
     assert "week" in answers["grouping"].json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("query", "limit"),
+    [
+        ("from=0001-01-01&group_by=month", "a report by month covers at most 60 months"),
+        ("from=2025-01-01&to=2026-12-31&group_by=day", "a report by day covers at most 366 days"),
+        ("from=2024-01-01&to=2025-12-31&group_by=recipient", "by recipient covers at most 366"),
+    ],
+)
+def test_a_period_longer_than_the_report_covers_is_422_naming_the_limit(
+    world: World, query: str, limit: str
+) -> None:
+    """Asked by any token (a laboratory's too), such a period held a core for minutes and
+    ended in 503 "ledger unavailable", or, on SQLite, failed outright for two years by day:
+    an outage to the caller, that no retry could ever get through."""
+    api = world.api
+    started = time.monotonic()
+    deliveries = api.client.get(f"/v1/stats/deliveries?{query}", headers=api.auth("lab_a"))
+    first = query.split("&", 1)[0]
+    adoption = api.client.get(f"/v1/stats/adoption?{first}", headers=api.auth("billing"))
+
+    assert time.monotonic() - started < 5
+    assert deliveries.status_code == adoption.status_code == 422
+    assert limit in deliveries.json()["error"]
+    assert "ask for a shorter period" in deliveries.json()["error"]
+    assert "an adoption report covers at most 366 days" in adoption.json()["error"]
+
+
+def test_a_period_at_the_calendars_edge_is_400_not_500(world: World) -> None:
+    api = world.api
+    response = api.client.get("/v1/stats/deliveries?to=9999-12-31", headers=api.auth("ops"))
+
+    assert response.status_code == 400
+    assert response.json() == {"error": "--to 9999-12-31: out of the calendar's range"}
+
+
+def test_a_report_past_its_time_limit_is_503_saying_so_not_ledger_unavailable(
+    api: Api, engine: Engine
+) -> None:
+    """The report is held (PostgreSQL: a lock another session holds; SQLite: a limit of a
+    microsecond over 20,000 rows): stopped at LABDISPATCH_STATS_TIMEOUT, and answered so."""
+    holder = None
+    if engine.dialect.name == "postgresql":
+        timeout = 0.5
+        holder = engine.connect()
+        holder.execute(text("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE"))
+        # Should the time limit not work, the lock goes after 15 s: the test fails, not hangs.
+        release = threading.Timer(15, holder.rollback)
+        release.start()
+    else:
+        timeout = 0.000_001
+        with api.sessions.begin() as session:
+            session.execute(
+                insert(Rejection),
+                [
+                    {
+                        "source": "api",
+                        "ack_code": "AR",
+                        "error": "E",
+                        "content_sha256": "0" * 64,
+                        "raw_encrypted": b"",
+                        "storage_key_id": "k",
+                        "laboratory": LAB_A,
+                    }
+                ]
+                * 20_000,
+            )
+    state = api.client.app.state  # type: ignore[attr-defined]
+    state.settings = replace(
+        state.settings, service=replace(state.settings.service, stats_timeout=timeout)
+    )
+    try:
+        response = api.client.get("/v1/stats/deliveries?group_by=day", headers=api.auth("ops"))
+    finally:
+        if holder is not None:
+            release.cancel()
+            release.join()
+            holder.rollback()
+            holder.close()
+
+    assert response.status_code == 503 and "retry-after" not in response.headers
+    assert response.json() == {
+        "error": f"the report was stopped after {timeout:g} s, the longest a report may run "
+        "(LABDISPATCH_STATS_TIMEOUT): ask for a shorter period or one laboratory"
+    }
