@@ -7,6 +7,9 @@ What each block means (`DashboardSnapshot.as_json` gives exactly this shape):
   deliveries handed to the recipient's side, at the first of `accepted_at`, `delivered_at`,
   `read_at` that is set; `failed`: deliveries given up, at `failed_at`.
 - `deliveries_by_state`: deliveries created in the last 24 hours, by state.
+- `received_by_format`: messages recorded in the last 24 hours (every revision, held ones
+  included, as the deliveries report's `received`), by the format the laboratory sent:
+  "hl7v2", "hprim-sante", "hprim-medecins" always (0 when none), then any other found.
 - `stages`: what waits at each stage and since when — route: messages still `received`
   (age from `received_at`); seal: open deliveries (pending/retrying) without an envelope;
   send: open deliveries with one, due or not (ages from `created_at`).
@@ -20,7 +23,8 @@ What each block means (`DashboardSnapshot.as_json` gives exactly this shape):
 Every query reads a window through an index (see the 0005 migration): `updated_at` for the
 deliveries' recent changes (every change of a delivery bumps it, and creation sets it, so
 "changed since t" is a superset the exact condition is then checked on), `received_at`
-for messages and rejections, the state index for what is open.
+for messages and rejections (by format, the window's messages are then read: a day of
+results, as the deliveries' 24 hours), the state index for what is open.
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from pipeline.hprim.facts import FORMAT_MEDECINS, FORMAT_SANTE
 from pipeline.ledger.models import Delivery, Message, Rejection
 from pipeline.ledger.states import DELIVERY_STATES, OPEN_STATES
+from pipeline.reading import HL7V2
 from pipeline.stats.adoption import directory_adoption
 from pipeline.stats.period import day_period
 from pipeline.stats.sql import bucket_label, dialect_of, prepare_report, utc_bucket
@@ -45,6 +51,8 @@ MINUTES = 60
 SLOWEST = 10
 RECENT_REJECTS = 20
 ADOPTION_DAYS = 30
+#: The formats a laboratory may send (`Message.format`), in the order shown.
+FORMATS = (HL7V2, FORMAT_SANTE, FORMAT_MEDECINS)
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,7 @@ class DashboardSnapshot:
     generated_at: datetime
     throughput: Throughput
     deliveries_by_state: dict[str, int] = field(hash=False)
+    received_by_format: dict[str, int] = field(hash=False)
     stages: tuple[Stage, ...]
     slowest_destinations: tuple[Destination, ...]
     recent_rejects: tuple[Reject, ...]
@@ -108,6 +117,7 @@ class DashboardSnapshot:
                 "failed": list(t.failed),
             },
             "deliveries_by_state": dict(self.deliveries_by_state),
+            "received_by_format": dict(self.received_by_format),
             "stages": [
                 {"stage": s.stage, "waiting": s.waiting, "oldest_age_seconds": s.oldest_age_seconds}
                 for s in self.stages
@@ -145,6 +155,7 @@ def dashboard_snapshot(session: Session, now: datetime) -> DashboardSnapshot:
         generated_at=now,
         throughput=throughput(session, now),
         deliveries_by_state=deliveries_by_state(session, now),
+        received_by_format=received_by_format(session, now),
         stages=stages(session, now),
         slowest_destinations=slowest_destinations(session, now),
         recent_rejects=recent_rejects(session),
@@ -197,6 +208,20 @@ def deliveries_by_state(session: Session, now: datetime) -> dict[str, int]:
             select(Delivery.state, func.count())
             .where(Delivery.updated_at >= since, Delivery.created_at >= since)
             .group_by(Delivery.state)
+        ).all()
+    )
+    return counts
+
+
+def received_by_format(session: Session, now: datetime) -> dict[str, int]:
+    since = now - timedelta(hours=24)
+    counts = dict.fromkeys(FORMATS, 0)
+    counts.update(
+        session.execute(
+            select(Message.format, func.count())
+            .where(Message.received_at >= since)
+            .group_by(Message.format)
+            .order_by(Message.format)
         ).all()
     )
     return counts

@@ -7,17 +7,21 @@ One row per (laboratory, group); `group_by` is
 - `day` ("2026-11-03") or `month` ("2026-11"), in UTC, of the message's reception;
 - `channel`: the delivery's channel kind, "none" when it has none (unroutable);
 - `recipient`: the delivery's directory key, "unknown:<identifier looked for>" when
-  unroutable.
+  unroutable;
+- `format`: what the laboratory sent, the message's `format` ("hl7v2", "hprim-sante",
+  "hprim-medecins"), read from the message by its primary key.
 
 Columns:
 - `received`: messages recorded (every revision, held ones included) received in the
   period. Per channel or recipient, where a message is not attributable: the distinct
   messages with a delivery in that group.
 - `duplicates`: resends of an identical message (events "duplicate", see
-  `pipeline.delivery.record`) whose time is in the period; grouped by that time.
+  `pipeline.delivery.record`) whose time is in the period; grouped by that time, or by the
+  format of the message resent (an identical resend is of the same format).
 - `rejected`: messages refused at intake (`rejections`) received in the period, laboratory
   as read from their header ("" when unreadable).
-  Per channel or recipient these two are not attributable: None.
+  Per channel or recipient these two are not attributable: None; per format `rejected`
+  is not (a refusal records no format): None.
 - `unroutable`, `read`, `failed`: deliveries in that state.
 - `delivered`: deliveries handed to the recipient's side: accepted, delivered or read.
 - `retries`: over deliveries, the sum of max(attempts - 1, 0).
@@ -41,7 +45,10 @@ How it stays fast on a large ledger (10 million deliveries, see benchmarks/stats
   SQL term per day made a two-year daily report exceed SQLite's limits, and a report from
   year 1 build a statement of millions of terms). The rows come from the index in time
   order, so they come already grouped;
-- counts and both percentiles come from one pass (one sort per group for the percentiles).
+- counts and both percentiles come from one pass (one sort per group for the percentiles);
+- by format, the same range scan joins each delivery to its message by primary key (the
+  format is the message's; a delivery does not copy it): one index probe per delivery,
+  the other groupings' statements do not change.
 
 The period a report may cover is bounded per grouping (`pipeline.stats.period.SPAN_LIMITS`),
 and every statement by the report time limit (`pipeline.stats.sql.report_deadline`).
@@ -72,7 +79,7 @@ from pipeline.stats.sql import (
     utc_bucket,
 )
 
-GROUPINGS = ("day", "month", "channel", "recipient")
+GROUPINGS = ("day", "month", "channel", "recipient", "format")
 #: Delivery states that mean the recipient's side has it.
 HANDED_OVER = ("accepted", "delivered", "read")
 
@@ -135,7 +142,12 @@ def _delivery_stats(
 ) -> list[DeliveryStats]:
     dialect = dialect_of(session)
     by_time = group_by in ("day", "month")
+    by_format = group_by == "format"
+    # The figures counted from the messages (received, duplicates, rejected) where the
+    # grouping attributes them; None where it does not.
+    from_messages = by_time or by_format
     zero = 0 if by_time else None
+    zero_received = 0 if from_messages else None
     # Figures by (laboratory, group), as plain dicts until the end: a report per recipient
     # has tens of thousands of rows.
     rows: dict[tuple[str, str], dict[str, Any]] = {}
@@ -144,15 +156,24 @@ def _delivery_stats(
         row = rows.get((lab, group))
         if row is None:
             row = rows[(lab, group)] = dict(
-                _EMPTY, laboratory=lab, group=group, duplicates=zero, rejected=zero
+                _EMPTY, laboratory=lab, group=group, duplicates=zero_received, rejected=zero
             )
         row.update(figures)
 
     def group_of(moment: Any) -> ColumnElement[Any]:
-        """The group: the UTC day or month of `moment`, or the channel or recipient."""
+        """The group: the UTC day or month of `moment`, the message's format (its table
+        is then in the statement), or the delivery's channel or recipient."""
         if by_time:
             return utc_bucket(dialect, moment, group_by)
+        if by_format:
+            return Message.format.expression
         return _delivery_group(group_by)
+
+    def of_deliveries(query: Any) -> Any:
+        """A statement over deliveries, joined to their messages when grouped by format."""
+        if by_format:
+            return query.select_from(Delivery).join(Message, Message.id == Delivery.message_id)
+        return query
 
     def label(value: Any) -> str:
         return bucket_label(value, group_by) if by_time else str(value)
@@ -173,7 +194,7 @@ def _delivery_stats(
                 func.sum(case((Delivery.attempts > 1, Delivery.attempts - 1), else_=0)), 0
             ),
         ]
-        if not by_time:  # channel / recipient: the messages with a delivery in the group
+        if not from_messages:  # channel / recipient: the messages with a delivery there
             columns.append(func.count(func.distinct(Delivery.message_id)))
         if dialect == "postgresql":
             # Both fractions in one call: one sort per group; NULLs (not delivered) are left
@@ -183,7 +204,8 @@ def _delivery_stats(
             )
             fractions: ColumnElement[Any] = literal_column("ARRAY[0.5, 0.95]")
             columns.append(func.percentile_cont(fractions).within_group(seconds))
-        query = select(*columns).where(*_deliveries_in(period.start, period.end, lab))
+        query = of_deliveries(select(*columns))
+        query = query.where(*_deliveries_in(period.start, period.end, lab))
         return query.group_by(Delivery.laboratory, group)
 
     # One statement per laboratory: each is one range of the (laboratory,
@@ -195,14 +217,14 @@ def _delivery_stats(
     # Each (laboratory, group) comes once from these statements: its row is made whole here
     # (a report per recipient has tens of thousands; the later updates touch few).
     for lab, value, unroutable, handed, read, failed, retries, *more in map(tuple, statements):
-        received = 0 if by_time else int(more.pop(0))
+        received = 0 if from_messages else int(more.pop(0))
         median, p95 = more[0] if more and more[0] is not None else (None, None)
         group = label(value)
         rows[(lab, group)] = {
             "laboratory": lab,
             "group": group,
             "received": received,
-            "duplicates": zero,
+            "duplicates": zero_received,
             "rejected": zero,
             "unroutable": int(unroutable),
             "delivered": int(handed),
@@ -215,11 +237,13 @@ def _delivery_stats(
 
     if dialect != "postgresql":
         durations: dict[tuple[str, str], list[float]] = defaultdict(list)
-        timings = select(
-            Delivery.laboratory,
-            group_of(Delivery.message_received_at),
-            handed_at,
-            Delivery.message_received_at,
+        timings = of_deliveries(
+            select(
+                Delivery.laboratory,
+                group_of(Delivery.message_received_at),
+                handed_at,
+                Delivery.message_received_at,
+            )
         ).where(delivered, *_deliveries_in(period.start, period.end, laboratory))
         for lab, value, at, received_at in session.execute(timings):
             durations[(lab, label(value))].append((at - received_at).total_seconds())
@@ -232,12 +256,14 @@ def _delivery_stats(
                 p95_seconds_to_delivery=_seconds(percentile_cont(values, 0.95)),
             )
 
-    if by_time:
-        for column, query in (
+    if from_messages:
+        figures = [
             ("received", _received(period, laboratory, group_of)),
             ("duplicates", _duplicates(period, laboratory, group_of)),
-            ("rejected", _rejected(period, laboratory, group_of)),
-        ):
+        ]
+        if by_time:
+            figures.append(("rejected", _rejected(period, laboratory, group_of)))
+        for column, query in figures:
             for lab, value, count in session.execute(query):
                 update(lab, label(value), **{column: int(count)})
     return [DeliveryStats(**rows[key]) for key in sorted(rows)]

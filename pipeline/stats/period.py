@@ -27,13 +27,14 @@ class PeriodTooLong(PeriodError):
 #: the deliveries in its period, and one row per laboratory per day or month: a year by
 #: day (366 rows a laboratory) is the longest daily view billing or a laboratory needs
 #: (an annual report, day by day); five years by month (60 rows) covers any multi-year
-#: comparison; a year by channel or recipient (or adoption) is the longest billing
+#: comparison; a year by channel, recipient or format (or adoption) is the longest billing
 #: period. Longer questions are asked in several periods.
 SPAN_LIMITS: dict[str, tuple[int, str]] = {
     "day": (366, "days"),
     "month": (60, "months"),
     "channel": (366, "days"),
     "recipient": (366, "days"),
+    "format": (366, "days"),
     "adoption": (366, "days"),
 }
 

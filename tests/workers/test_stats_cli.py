@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.db import open_database
 from pipeline.settings import Settings
-from tests.pipeline.stats.seed import seed_november
+from tests.pipeline.stats.seed import seed_hprim, seed_november
 from workers.cli import main
 
 NOVEMBER = ["--from", "2026-11-01", "--to", "2026-11-30"]
@@ -73,6 +73,46 @@ def test_deliveries_as_a_table(ledger: None, capsys: pytest.CaptureFixture[str])
                                 "15.0", "19.5"]  # fmt: skip
     assert lines[3].split()[-2:] == ["-", "-"]  # 11-02: nothing delivered
     assert len(lines) == 2 + 5
+
+
+@pytest.fixture
+def with_hprim(cli_env: str) -> None:
+    sessions = open_database(Settings.from_env())
+    with sessions() as session:
+        seed_november(session)
+        seed_hprim(session)
+    sessions.kw["bind"].dispose()
+
+
+def test_deliveries_by_format_as_json_csv_and_a_table(
+    with_hprim: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The figures of tests/pipeline/stats/test_deliveries.py::test_by_format_per_laboratory."""
+    by_format = ["stats", "deliveries", *NOVEMBER, "--lab", "LABB", "--group-by", "format"]
+
+    assert main([*by_format, "--format", "json"]) == 0
+    as_json = capsys.readouterr().out
+    assert main([*by_format, "--format", "csv"]) == 0
+    as_csv = capsys.readouterr().out
+    assert main(by_format) == 0
+    table = capsys.readouterr().out.splitlines()
+
+    assert json.loads(as_json) == [
+        {"laboratory": "LABB", "group": "hl7v2", "received": 2, "duplicates": 0,
+         "rejected": None, "unroutable": 0, "delivered": 1, "read": 0, "failed": 1,
+         "retries": 4, "median_seconds_to_delivery": 40.0, "p95_seconds_to_delivery": 40.0},
+        {"laboratory": "LABB", "group": "hprim-medecins", "received": 1, "duplicates": 0,
+         "rejected": None, "unroutable": 0, "delivered": 0, "read": 0, "failed": 1,
+         "retries": 2, "median_seconds_to_delivery": None, "p95_seconds_to_delivery": None},
+    ]  # fmt: skip
+    assert [
+        (r["group"], r["received"], r["rejected"], r["failed"], r["median_seconds_to_delivery"])
+        for r in csv.DictReader(io.StringIO(as_csv, newline=""))
+    ] == [("hl7v2", "2", "", "1", "40.0"), ("hprim-medecins", "1", "", "1", "")]
+    assert table[2].split() == ["LABB", "hl7v2", "2", "0", "-", "0", "1", "0", "1", "4",
+                                "40.0", "40.0"]  # fmt: skip
+    assert table[3].split() == ["LABB", "hprim-medecins", "1", "0", "-", "0", "0", "0", "1",
+                                "2", "-", "-"]  # fmt: skip
 
 
 def test_adoption_as_json(ledger: None, capsys: pytest.CaptureFixture[str]) -> None:

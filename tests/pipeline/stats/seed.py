@@ -22,6 +22,17 @@ LABB
   B2  2026-11-15 11:00:00                        e3  r-gp2    mailbox  retrying   att 2
   rejected:   11-15 08:00 (AE)
 
+HPRIM results (`seed_hprim`, added on top of the above for the grouping by format; every
+message above is "hl7v2"):
+LABA
+  H1  2026-11-10 08:00:00  hprim-sante     f1  r-gp1    mail     delivered  att 1  50 s
+                                           f2  unknown ADELI:751234567  unroutable
+  H2  2026-11-20 09:00:00  hprim-medecins  f3  r-card   https    read       att 2   8 s
+  H5  2026-12-01 00:00:00  hprim-sante     (December: outside)  f5 r-gp1 mail delivered 3 s
+  duplicates: of H1 at 11-12 10:00, of H5 at 12-01 00:10 (outside)
+LABB
+  H3  2026-11-25 07:00:00  hprim-medecins  f4  r-gp2    mailbox  failed     att 3
+
 Receipts: MDN processed on e1 at 11-16 (counts), DSN delivered on d2 at 11-02 (a DSN: does
 not count), MDN failed on e3 at 11-20 (not an acknowledgement), MDN displayed on d7 at
 12-02 (December), MDN displayed with no delivery (unmatched).
@@ -49,7 +60,13 @@ def at(text: str) -> datetime:
 
 
 def message(
-    lab: str, control_id: str, received: datetime, *, revision: int = 1, state: str = "routed"
+    lab: str,
+    control_id: str,
+    received: datetime,
+    *,
+    revision: int = 1,
+    state: str = "routed",
+    format: str = "hl7v2",
 ) -> Message:
     return Message(
         laboratory=lab,
@@ -60,6 +77,7 @@ def message(
         size=100,
         message_type="ORU^R01",
         version="2.5",
+        format=format,
         source="mllp",
         raw_encrypted=b"\0",
         storage_key_id="test",
@@ -213,6 +231,37 @@ def seed_november(session: Session) -> None:
                 disposition=disposition,
             )
         )
+    session.commit()
+
+
+def seed_hprim(session: Session) -> None:
+    """The HPRIM results of the module's table, on a ledger seeded by `seed_november`."""
+    by_key = {r.key: r for r in session.query(Recipient)}
+    gp1, gp2, card = by_key["r-gp1"], by_key["r-gp2"], by_key["r-card"]
+    h1 = message("LABA", "H1", at("2026-11-10T08:00:00"), format="hprim-sante")
+    h2 = message("LABA", "H2", at("2026-11-20T09:00:00"), format="hprim-medecins")
+    h5 = message("LABA", "H5", at("2026-12-01T00:00:00"), format="hprim-sante")
+    h3 = message("LABB", "H3", at("2026-11-25T07:00:00"), format="hprim-medecins")
+    session.add_all([h1, h2, h5, h3])
+    session.flush()
+
+    def plus(msg: Message, seconds: int) -> datetime:
+        return msg.received_at + timedelta(seconds=seconds)
+
+    session.add_all(
+        [
+            delivery(h1, gp1, "mail", "gp1@alpha.example", "delivered", attempts=1,
+                     accepted=plus(h1, 50), delivered=plus(h1, 55)),
+            delivery(h1, None, None, None, "unroutable", wanted="ADELI:751234567"),
+            delivery(h2, card, "https", "https://portal.example/in", "read", attempts=2,
+                     accepted=plus(h2, 8), read=at("2026-11-21T08:00:00")),
+            delivery(h5, gp1, "mail", "gp1@alpha.example", "delivered", attempts=1,
+                     accepted=plus(h5, 3)),
+            delivery(h3, gp2, "mailbox", "gp2", "failed", attempts=3, failed=plus(h3, 900)),
+        ]
+    )  # fmt: skip
+    for msg, when in ((h1, "2026-11-12T10:00:00"), (h5, "2026-12-01T00:10:00")):
+        session.add(Event(message_id=msg.id, kind="duplicate", at=at(when), detail="sent again"))
     session.commit()
 
 

@@ -22,12 +22,15 @@ def seed(session: Session) -> None:
     recipient(session, "r3", None, ("mail", "r3@alpha.example"), None)  # no certificate
     session.flush()
 
-    m1 = message("LAB", "M1", at("2026-11-29T10:30:05"))  # bucket 59
+    m1 = message("LAB", "M1", at("2026-11-29T10:30:05"), format="hprim-sante")  # bucket 59
     m2 = message("LAB", "M2", at("2026-11-29T09:31:00"))  # bucket 0
     m3 = message("LAB", "M3", at("2026-11-29T09:30:59"))  # before the window
     m4 = message("LAB", "M4", at("2026-11-29T10:00:00"), state="received")  # bucket 29
-    old = message("LAB", "OLD", at("2026-11-27T08:00:00"))
-    session.add_all([m1, m2, m3, m4, old])
+    old = message("LAB", "OLD", at("2026-11-27T08:00:00"), format="hprim-medecins")
+    # The first instant of the last 24 hours, and the second before it.
+    first = message("LAB", "FIRST", at("2026-11-28T10:30:15"), format="hprim-medecins")
+    before = message("LAB", "BEFORE", at("2026-11-28T10:30:14"), format="hprim-sante")
+    session.add_all([m1, m2, m3, m4, old, first, before])
     session.flush()
     session.add_all(
         [
@@ -100,6 +103,9 @@ def test_snapshot_figures(session: Session) -> None:
         "failed": 2,
         "unroutable": 1,
     }
+    # Received since 2026-11-28 10:30:15: M2 M3 M4 (HL7 v2), M1 (HPRIM Santé), FIRST
+    # (HPRIM Médecins, on the boundary); OLD and BEFORE are older.
+    assert figures["received_by_format"] == {"hl7v2": 3, "hprim-sante": 1, "hprim-medecins": 1}
     assert figures["stages"] == [
         {"stage": "route", "waiting": 1, "oldest_age_seconds": 1815.0},  # M4, 10:00:00
         {"stage": "seal", "waiting": 1, "oldest_age_seconds": 600.0},
@@ -134,6 +140,7 @@ def test_an_empty_ledger_has_zeros_and_no_ages(session: Session) -> None:
 
     assert figures["throughput"]["received"] == [0] * 60
     assert set(figures["deliveries_by_state"].values()) == {0}
+    assert figures["received_by_format"] == {"hl7v2": 0, "hprim-sante": 0, "hprim-medecins": 0}
     assert [s["oldest_age_seconds"] for s in figures["stages"]] == [None, None, None]
     assert figures["slowest_destinations"] == []
     assert figures["recent_rejects"] == []

@@ -21,7 +21,7 @@ from pipeline.stats.deliveries import (
 )
 from pipeline.stats.period import PeriodTooLong, day_period, parse_period
 from pipeline.stats.sql import ReportTooSlow
-from tests.pipeline.stats.seed import seed_november
+from tests.pipeline.stats.seed import seed_hprim, seed_november
 
 NOVEMBER = day_period(date(2026, 11, 1), date(2026, 11, 30))
 
@@ -107,6 +107,55 @@ def test_by_recipient(ledger: Session) -> None:
         Row("LABA", "r-nocert", 1, None, None, 0, 0, 0, 1, 4, None, None),
         Row("LABA", "r-unk", 1, None, None, 0, 1, 1, 0, 0, 100.0, 100.0),
         Row("LABA", "unknown:RPPS:10000000001", 1, None, None, 1, 0, 0, 0, 0, None, None),
+    ]
+
+
+@pytest.fixture
+def with_hprim(ledger: Session) -> Session:
+    seed_hprim(ledger)
+    return ledger
+
+
+def test_by_format_per_laboratory(with_hprim: Session) -> None:
+    rows = delivery_stats(with_hprim, NOVEMBER, group_by="format")
+
+    assert rows == [
+        # Every message of `seed_november` is HL7 v2: LABA's month row, rejections left out
+        # (a refusal records no format).
+        Row("LABA", "hl7v2", 5, 2, None, 1, 4, 2, 1, 7, 25.0, 89.5),
+        # H2: f3 read (8 s, 2 attempts: retries 1).
+        Row("LABA", "hprim-medecins", 1, 0, None, 0, 1, 1, 0, 1, 8.0, 8.0),
+        # H1 and its resend of 11-12: f1 delivered (accepted at 50 s), f2 unroutable.
+        # (H5 and its resend are December.)
+        Row("LABA", "hprim-sante", 1, 1, None, 1, 1, 0, 0, 0, 50.0, 50.0),
+        Row("LABB", "hl7v2", 2, 0, None, 0, 1, 0, 1, 4, 40.0, 40.0),
+        # H3: f4 failed after 3 attempts (retries 2); nothing delivered.
+        Row("LABB", "hprim-medecins", 1, 0, None, 0, 0, 0, 1, 2, None, None),
+    ]
+
+
+def test_by_format_adds_up_to_the_month(with_hprim: Session) -> None:
+    by_format = delivery_stats(with_hprim, NOVEMBER, group_by="format", laboratory="LABA")
+    (month,) = delivery_stats(with_hprim, NOVEMBER, group_by="month", laboratory="LABA")
+
+    # received 5 + 1 + 1, duplicates 2 + 1, unroutable 1 + 1, delivered 4 + 1 + 1, read
+    # 2 + 1, failed 1, retries 7 + 1; latencies 8 10 20 30 50 100 -> median 25.
+    assert month == Row("LABA", "2026-11", 7, 3, 2, 2, 6, 3, 1, 8, 25.0, 87.5)
+    for column in ("received", "duplicates", "unroutable", "delivered", "read", "failed"):
+        assert sum(getattr(row, column) for row in by_format) == getattr(month, column), column
+    assert sum(row.retries for row in by_format) == month.retries
+
+
+def test_by_format_the_first_instant_of_a_period_is_in_it(with_hprim: Session) -> None:
+    december_first = day_period(date(2026, 12, 1), date(2026, 12, 1))
+
+    rows = delivery_stats(with_hprim, december_first, group_by="format", laboratory="LABA")
+
+    assert rows == [
+        # A5 at 00:00 (d8, 5 s) and A2's resend at 00:00.
+        Row("LABA", "hl7v2", 1, 1, None, 0, 1, 0, 0, 0, 5.0, 5.0),
+        # H5 at 00:00 (f5, 3 s) and its resend at 00:10.
+        Row("LABA", "hprim-sante", 1, 1, None, 0, 1, 0, 0, 0, 3.0, 3.0),
     ]
 
 
@@ -202,6 +251,7 @@ def test_a_year_by_day_and_five_years_by_month_are_few_statements_of_few_paramet
         (date(1, 1, 1), date(2026, 11, 30), "month"),
         (date(2025, 1, 1), date(2026, 11, 30), "day"),
         (date(2025, 1, 1), date(2026, 11, 30), "recipient"),
+        (date(2025, 1, 1), date(2026, 11, 30), "format"),
     ],
 )
 def test_a_period_longer_than_the_grouping_covers_is_refused_before_any_query(

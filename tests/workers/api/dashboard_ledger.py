@@ -15,6 +15,9 @@ are equipped; Noel (mail, no certificate) is not.
     DASH-4 received  -3 min  not routed yet
     DASH-0 routed    -2 days Roy delivered two days ago (outside every window)
 
+Formats: DASH-2 is HPRIM Santé, DASH-3 HPRIM Médecins, DASH-0 HPRIM Santé (older than
+24 h); the others HL7 v2.
+
 Two rejects (-40 AE, -15 AR), one open circuit, one closed.
 """
 
@@ -48,6 +51,8 @@ STATES = {
 #: (stage, waiting, oldest age in minutes)
 STAGES = [("route", 1, 3), ("seal", 1, 30), ("send", 2, 29)]
 RECEIVED_60MIN, DELIVERED_60MIN, FAILED_60MIN = 4, 2, 1
+#: Messages received in the last 24 hours by format (DASH-0 is older).
+FORMATS_24H = {"hl7v2": 2, "hprim-sante": 1, "hprim-medecins": 1}
 EQUIPPED, ACTIVE = 3, 2
 #: (destination, open, oldest age in minutes, failed in 24 h), slowest first.
 DESTINATIONS = [("mail:example.org", 1, 30, 1), ("https:inbox.hopital.example", 2, 29, 0)]
@@ -79,7 +84,7 @@ def seed_dashboard_ledger(session: Session, now: datetime) -> Tokens:
     )
     noel = _recipient(session, "dee.noel", "mail", "dee.noel@example.org", now, certified=False)
 
-    old = _message(session, "DASH-0", "routed", ago(days=2))
+    old = _message(session, "DASH-0", "routed", ago(days=2), fmt="hprim-sante")
     _delivery(session, old, roy, "delivered", ago(days=2), sealed=True, accepted_at=ago(days=2))
 
     first = _message(session, "DASH-1", "routed", ago(minutes=50))
@@ -93,14 +98,14 @@ def seed_dashboard_ledger(session: Session, now: datetime) -> Tokens:
     )  # fmt: skip
     _delivery(session, first, ray, "pending", ago(minutes=29), sealed=True)
 
-    second = _message(session, "DASH-2", "routed", ago(minutes=30))
+    second = _message(session, "DASH-2", "routed", ago(minutes=30), fmt="hprim-sante")
     _delivery(session, second, roux, "pending", ago(minutes=30), sealed=False)
     _delivery(session, second, ray, "retrying", ago(minutes=28), sealed=True)
     _delivery(
         session, second, noel, "failed", ago(minutes=30), sealed=True, failed_at=ago(minutes=20)
     )
 
-    unroutable = _message(session, "DASH-3", "unroutable", ago(minutes=10))
+    unroutable = _message(session, "DASH-3", "unroutable", ago(minutes=10), fmt="hprim-medecins")
     session.add(
         Delivery(
             message=unroutable, recipient_id=None, recipient_key=None,
@@ -159,8 +164,11 @@ def _recipient(
     return recipient
 
 
-def _message(session: Session, control_id: str, state: str, at: datetime) -> Message:
+def _message(
+    session: Session, control_id: str, state: str, at: datetime, *, fmt: str = "hl7v2"
+) -> Message:
     message = Message(
+        format=fmt,
         laboratory=LAB, control_id=control_id, state=state,
         content_sha256=hashlib.sha256(control_id.encode()).hexdigest(), size=100,
         message_type="ORU^R01", version="2.5", source="api", raw_encrypted=b"\0",

@@ -36,6 +36,7 @@ from tests.workers.api.dashboard_ledger import (
     DESTINATIONS,
     EQUIPPED,
     FAILED_60MIN,
+    FORMATS_24H,
     LAB,
     OPEN_CIRCUIT,
     RECEIVED_60MIN,
@@ -134,6 +135,7 @@ def test_dashboard_json_for_ops_is_the_ledgers_figures_and_the_queues(
     assert response.headers["cache-control"] == "no-store"
     figures = response.json()
     assert figures["deliveries_by_state"] == STATES
+    assert figures["received_by_format"] == FORMATS_24H
     assert [
         (s["stage"], s["waiting"], minutes_of(s["oldest_age_seconds"])) for s in figures["stages"]
     ] == STAGES
@@ -427,6 +429,8 @@ def test_dashboard_in_chromium_signs_in_shows_the_ledgers_figures_and_leaves_a_s
 
             for state, count in STATES.items():
                 expect(page.get_by_test_id(f"state-{state}")).to_have_text(str(count))
+            for fmt, count in FORMATS_24H.items():
+                expect(page.get_by_test_id(f"format-{fmt}")).to_have_text(str(count))
             for stage, waiting, minutes in STAGES:
                 expect(page.get_by_test_id(f"stage-{stage}-waiting")).to_have_text(str(waiting))
                 expect(page.get_by_test_id(f"stage-{stage}-age")).to_have_text(

@@ -18,7 +18,8 @@ from pipeline.stats.adoption import adoption_stats
 from pipeline.stats.deliveries import delivery_stats
 from pipeline.stats.period import parse_period
 from pipeline.stats.render import as_rows_json
-from tests.workers.api.conftest import LAB_A, LAB_B, Api, World
+from tests.pipeline.hprim.builders import end, header, order, patient, result, sante
+from tests.workers.api.conftest import LAB_A, LAB_B, Api, World, posted_id, result_of
 
 THIS_MONTH = parse_period(None, None, today=utcnow().date())
 
@@ -86,6 +87,7 @@ def test_an_unreadable_period_or_grouping_is_400_with_the_reason(world: World) -
         ("from=0001-01-01&group_by=month", "a report by month covers at most 60 months"),
         ("from=2025-01-01&to=2026-12-31&group_by=day", "a report by day covers at most 366 days"),
         ("from=2024-01-01&to=2025-12-31&group_by=recipient", "by recipient covers at most 366"),
+        ("from=2024-01-01&to=2025-12-31&group_by=format", "by format covers at most 366"),
     ],
 )
 def test_a_period_longer_than_the_report_covers_is_422_naming_the_limit(
@@ -164,3 +166,37 @@ def test_a_report_past_its_time_limit_is_503_saying_so_not_ledger_unavailable(
         "error": f"the report was stopped after {timeout:g} s, the longest a report may run "
         "(LABDISPATCH_STATS_TIMEOUT): ask for a shorter period or one laboratory"
     }
+
+
+def test_grouped_by_format_each_laboratory_sees_what_it_sent_in_each_format(api: Api) -> None:
+    """HL7 v2 and HPRIM Santé through the API, then the report by format: one row per
+    laboratory and format, received counted from the messages (not yet routed: nothing
+    delivered), rejections not attributable to a format (None); JSON and CSV alike."""
+    hprim = sante(header(f3="F1.HPR", f5=f"{LAB_A}~Labo"), patient(), order(), result(), end())
+    for data, caller, content_type in (
+        (result_of(LAB_A, "A-1"), "lab_a", "application/hl7-v2"),
+        (hprim, "lab_a", "text/plain"),
+        (result_of(LAB_B, "B-1"), "lab_b", "application/hl7-v2"),
+    ):
+        posted_id(api.post_result(data, caller, **{"Content-Type": content_type}))
+    url = "/v1/stats/deliveries?group_by=format"
+
+    every = api.client.get(url, headers=api.auth("ops")).json()["rows"]
+    own = api.client.get(url, headers=api.auth("lab_a")).json()["rows"]
+    as_csv = api.client.get(url, headers={**api.auth("lab_a"), "Accept": "text/csv"})
+
+    def figures(row: dict[str, object]) -> tuple[object, ...]:
+        names = ("laboratory", "group", "received", "duplicates", "rejected", "delivered")
+        return tuple(row[name] for name in names)
+
+    assert [figures(row) for row in every] == [
+        (LAB_A, "hl7v2", 1, 0, None, 0),
+        (LAB_A, "hprim-sante", 1, 0, None, 0),
+        (LAB_B, "hl7v2", 1, 0, None, 0),
+    ]
+    assert own == every[:2]
+    assert as_csv.status_code == 200
+    assert [
+        (r["laboratory"], r["group"], r["received"], r["rejected"])
+        for r in csv.DictReader(io.StringIO(as_csv.text))
+    ] == [(LAB_A, "hl7v2", "1", ""), (LAB_A, "hprim-sante", "1", "")]

@@ -24,6 +24,12 @@
     ["unroutable", "Unroutable", "#cc79a7"],
   ];
   const STAGE_LABELS = { route: "Route", seal: "Seal", send: "Send" };
+  // The formats a laboratory sends (messages.format); another one is shown by its name.
+  const FORMATS = {
+    hl7v2: ["HL7 v2", "#0072b2"],
+    "hprim-sante": ["HPRIM Santé", "#009e73"],
+    "hprim-medecins": ["HPRIM Médecins", "#e69f00"],
+  };
   const QUEUE_COLOUR = "#0072b2";
 
   let latest = null;
@@ -217,6 +223,14 @@
     barChart(byTestId("states-chart"), rows, "No deliveries");
   }
 
+  function renderFormats(data) {
+    const rows = Object.entries(data.received_by_format).map(([format, count]) => {
+      const [label, colour] = FORMATS[format] || [format, "#999999"];
+      return { label, colour, value: count, testid: `format-${format}` };
+    });
+    barChart(byTestId("formats-chart"), rows, "No format reported");
+  }
+
   function renderStages(data) {
     const rows = data.stages.map((s) => ({
       label: STAGE_LABELS[s.stage] || s.stage,
@@ -322,6 +336,7 @@
     renderKpis(data);
     renderThroughput(data);
     renderStates(data);
+    renderFormats(data);
     renderStages(data);
     renderBroker(data);
     renderCircuits(data);
