@@ -7,13 +7,11 @@ from collections.abc import Sequence
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline.delivery.deliver import deliver_stage
 from pipeline.delivery.services import DeliveryServices
-from pipeline.delivery.stages import route_stage, seal_stage, send_stage
 
 
 def deliver_as_workers_do(
     ledger: sessionmaker[Session], message_ids: Sequence[int], services: DeliveryServices
 ) -> None:
-    routed = route_stage(ledger, message_ids, services)
-    sealed = seal_stage(ledger, routed.next_ids, services)
-    send_stage(ledger, sealed.next_ids, services)
+    deliver_stage(ledger, message_ids, services)
