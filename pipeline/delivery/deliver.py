@@ -51,7 +51,8 @@ def deliver_stage(
     deadline = time.monotonic() + services.lease.total_seconds() / 2
     with sessions() as session:
         begin_write(session)
-        routed, loaded = route_locked(session, message_ids, services, now, report)
+        messages, loaded = route_locked(session, message_ids, services, now, report)
+        routed = [message.id for message in messages]
         deliveries: list[Delivery] = []
         recipients: dict[int, Recipient] = {}
         if routed:
@@ -103,7 +104,9 @@ def deliver_stage(
                 )
                 continue
             prepared.append(Prepared(delivery, envelope, sealed_at, detail))
+        del messages  # sealed: the deliveries hold what is left to write
         if unsealed:
+            session.commit()  # end any read transaction: the write begins IMMEDIATE
             begin_write(session)
             for delivery, reason in unsealed:
                 delivery.leased_until = None

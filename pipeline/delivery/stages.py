@@ -69,7 +69,8 @@ def route_stage(
     now = services.clock()
     with sessions() as session:
         begin_write(session)
-        routed, _ = route_locked(session, message_ids, services, now, report)
+        messages, _ = route_locked(session, message_ids, services, now, report)
+        routed = [message.id for message in messages]
         if routed:
             report.next_ids = list(
                 session.scalars(
@@ -89,11 +90,12 @@ def route_locked(
     services: DeliveryServices,
     now: datetime,
     report: StageReport,
-) -> tuple[list[int], dict[int, StoredResult]]:
+) -> tuple[list[Message], dict[int, StoredResult]]:
     """In the session's write transaction: take the messages among `message_ids` still
     `received` (locked, SKIP LOCKED on PostgreSQL), read each once, and create their
-    deliveries. Returns the IDs of the messages routed, and what each read as (sealing
-    uses it: not read again). Counts message states in `report`."""
+    deliveries. Returns the messages routed (held by the caller, they stay in the session's
+    identity map: their deliveries find them there), and what each read as (sealing uses
+    it: not read again). Counts message states in `report`."""
     messages = session.scalars(
         select(Message)
         .where(Message.id.in_(message_ids), Message.state == RECEIVED)
@@ -141,7 +143,10 @@ def route_locked(
     for message, _ in readable:
         if message.id in routed:
             report.states[message.state] += 1
-    return routed, {message_id: loaded[message_id] for message_id in routed}
+    return (
+        [message for message, _ in readable if message.id in routed],
+        {message_id: loaded[message_id] for message_id in routed},
+    )
 
 
 def seal_stage(
@@ -224,6 +229,9 @@ def send_in_groups(
     group, under the same Message-IDs."""
     for start in range(0, len(prepared), COMMIT_EVERY):
         sent = send_prepared(services, prepared[start : start + COMMIT_EVERY], deadline=deadline)
+        # End any read transaction (a lazy load) first: on SQLite the write must BEGIN
+        # IMMEDIATE, or it is refused at once when another process wrote meanwhile.
+        session.commit()
         report.states.update(record_outcomes(session, sent, services))
         session.commit()
 
