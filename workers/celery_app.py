@@ -53,6 +53,9 @@ def make_app(settings: Settings) -> Celery:
         ],
         task_default_queue=ROUTE_QUEUE,
         task_routes={
+            # One pass per batch of results; its queue keeps the name of the route stage
+            # it replaced (dashboards, alerts and deployments know it).
+            "labdispatch.deliver": {"queue": ROUTE_QUEUE},
             "labdispatch.route": {"queue": ROUTE_QUEUE},
             "labdispatch.seal": {"queue": SEAL_QUEUE},
             "labdispatch.send": {"queue": SEND_QUEUE},

@@ -1,8 +1,11 @@
 """The Celery tasks: each calls one pipeline stage and queues what comes next.
 
-No business logic here (ARCHITECTURE "Layers"): the stages in `pipeline.delivery.stages`
-and `pipeline.delivery.reconcile` decide; tasks carry lists of IDs between them in batches
-of `LABDISPATCH_BATCH_SIZE`, so the broker's per-task cost is paid once per batch.
+No business logic here (ARCHITECTURE "Layers"): the stages in `pipeline.delivery` decide;
+tasks carry lists of IDs in batches of `LABDISPATCH_BATCH_SIZE`, so the broker's per-task
+cost is paid once per batch. In the normal path a result crosses the broker once: intake's
+after-commit hook queues `deliver` (route, seal, send, record in one pass,
+`pipeline.delivery.deliver`). `seal` and `send` are the recovery and retry path: what
+reconcile finds unsealed or due, and what an operator replays.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from datetime import timedelta
 
 from celery.signals import worker_process_shutdown
 
+from pipeline.delivery.deliver import deliver_stage
 from pipeline.delivery.receipts import collect_receipts
 from pipeline.delivery.reconcile import resume_unroutable, stalled_work
-from pipeline.delivery.stages import route_stage, seal_stage, send_stage
+from pipeline.delivery.stages import seal_stage, send_stage
 from pipeline.receipts.sources import report_source
 from workers.celery_app import (
     PRIORITY_SUFFIXES,
@@ -32,12 +36,17 @@ logger = logging.getLogger(__name__)
 BATCH_SIZE = settings.service.batch_size
 
 
-@app.task(name="labdispatch.route")
-def route(message_ids: list[int]) -> int:
+@app.task(name="labdispatch.deliver")
+def deliver(message_ids: list[int]) -> dict[str, int]:
     rt = runtime()
-    report = route_stage(rt.sessions, message_ids, rt.services)
-    enqueue(seal, report.next_ids)
-    return len(report.next_ids)
+    return dict(deliver_stage(rt.sessions, message_ids, rt.services).states)
+
+
+@app.task(name="labdispatch.route")
+def route(message_ids: list[int]) -> dict[str, int]:
+    """Tasks queued before the one-pass path (an upgrade with work in the queue)."""
+    rt = runtime()
+    return dict(deliver_stage(rt.sessions, message_ids, rt.services).states)
 
 
 @app.task(name="labdispatch.seal")
@@ -65,7 +74,7 @@ def reconcile() -> dict[str, int]:
         backlogged=backlogged_stages(),
     )
     resumed = resume_unroutable(rt.sessions, rt.services)
-    enqueue(route, work.route)
+    enqueue(deliver, work.route)
     enqueue(seal, work.seal + resumed)
     enqueue(send, work.send)
     counts = {
@@ -117,8 +126,8 @@ def enqueue(task: object, ids: Sequence[int]) -> None:
 
 
 def enqueue_route(message_ids: Sequence[int]) -> None:
-    """The intake's after-commit hook: route what was just recorded."""
-    enqueue(route, message_ids)
+    """The intake's after-commit hook: deliver what was just recorded (one pass)."""
+    enqueue(deliver, message_ids)
 
 
 @worker_process_shutdown.connect

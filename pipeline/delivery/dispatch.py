@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.delivery.circuits import save_circuits
 from pipeline.delivery.notices import give_up, scrub_address
-from pipeline.delivery.record import read_stored
+from pipeline.delivery.record import StoredResult, load_stored
 from pipeline.delivery.services import DeliveryServices
 from pipeline.errors import LabdispatchError
 from pipeline.hl7.documents import extract_documents, message_charset, mime_charset
@@ -34,7 +35,6 @@ from pipeline.ledger.models import Attempt, Delivery, Message
 from pipeline.ledger.states import OPEN_STATES
 from pipeline.ledger.storage import StoredMessageUnreadable, is_sealed
 from pipeline.logsafe import log_failure
-from pipeline.reading import read_again
 from pipeline.recipients.identifiers import address_context
 from pipeline.recipients.models import Recipient
 from pipeline.sealing.content import HPRIM_EXTENSION, HPRIM_TYPE, ResultSummary, build_content
@@ -113,9 +113,13 @@ class SignedResults:
     """Each result signed once as its laboratory, however many recipients it has: the
     signature covers the content, not the per-recipient headers (`smime.envelope`)."""
 
-    def __init__(self, services: DeliveryServices) -> None:
+    def __init__(
+        self, services: DeliveryServices, loaded: Mapping[int, StoredResult] | None = None
+    ) -> None:
         self.services = services
         self._signed: dict[int, tuple[bytes, str, Signer]] = {}
+        #: Results already read in this pass (by message ID): not read again.
+        self._loaded = dict(loaded or {})
 
     def signed(self, message: Message, now: datetime) -> tuple[bytes, str, Signer]:
         """The signed entity, the result status (for the subject) and the signer."""
@@ -124,8 +128,8 @@ class SignedResults:
             return known
         signer = self.services.signers.for_laboratory(message.laboratory)
         check_signer(signer, now)
-        data = read_stored(message, self.services.cipher)
-        result = read_again(data, message.format, message.charset)
+        stored = self._loaded.pop(message.id, None) or load_stored(message, self.services.cipher)
+        data, result = stored.data, stored.result
         if result.facts is None:  # it was accepted once: a bug
             raise LabdispatchError(f"stored message no longer reads: {result.error}")
         facts = result.facts
@@ -162,12 +166,31 @@ def seal_delivery(
 ) -> None:
     """Sign the message as its laboratory and envelope it for the recipient."""
     now = services.clock()
-    message = delivery.message
     recipient = session.get(Recipient, delivery.recipient_id) if delivery.recipient_id else None
+    sealed, detail = seal_for(
+        delivery, recipient, services, signed_results or SignedResults(services), now
+    )
+    delivery.envelope = sealed
+    delivery.sealed_at = now
+    delivery.updated_at = now
+    record_event(session, delivery.message, "sealed", detail, now, delivery)
+
+
+def seal_for(
+    delivery: Delivery,
+    recipient: Recipient | None,
+    services: DeliveryServices,
+    signed_results: SignedResults,
+    now: datetime,
+) -> tuple[bytes, str]:
+    """The envelope of one delivery (signed once per result by `signed_results`, encrypted
+    for the recipient's certificate) and the words of its `sealed` event. Writes nothing.
+    Raises LabdispatchError when it cannot be sealed (no usable certificate, no signer)."""
+    message = delivery.message
     if recipient is None:
         raise LabdispatchError(f"recipient {delivery.recipient_key} left the directory")
     certificate = recipient_certificate(recipient.key, [c.pem for c in recipient.certificates], now)
-    signed, result_status, signer = (signed_results or SignedResults(services)).signed(message, now)
+    signed, result_status, signer = signed_results.signed(message, now)
     assert delivery.envelope_message_id is not None and delivery.channel_address is not None
     headers = EnvelopeHeaders(
         message_id=delivery.envelope_message_id,
@@ -177,18 +200,11 @@ def seal_delivery(
         disposition_notification_to=services.mail_from,
         date=now,
     )
-    delivery.envelope = envelope(signed, certificate, headers)
-    delivery.sealed_at = now
-    delivery.updated_at = now
-    record_event(
-        session,
-        message,
-        "sealed",
+    detail = (
         f"for {recipient.key}: signed by {signer.certificate.subject.rfc4514_string()}, "
-        f"encrypted for certificate serial {certificate.serial_number:x}",
-        now,
-        delivery,
+        f"encrypted for certificate serial {certificate.serial_number:x}"
     )
+    return envelope(signed, certificate, headers), detail
 
 
 def send_delivery(session: Session, delivery: Delivery, services: DeliveryServices) -> str:

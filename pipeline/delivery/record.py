@@ -232,7 +232,24 @@ def read_stored(message: Message, cipher: StorageCipher) -> bytes:
 
 def read_recorded(message: Message, cipher: StorageCipher) -> ReadResult:
     """A recorded result read again, in the format and character set of its intake."""
-    return read_again(read_stored(message, cipher), message.format, message.charset)
+    return load_stored(message, cipher).result
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """A recorded result as the delivery steps need it: the bytes the laboratory sent (the
+    attachment) and what they read as (routing facts, documents)."""
+
+    data: bytes
+    result: ReadResult
+
+
+def load_stored(message: Message, cipher: StorageCipher) -> StoredResult:
+    """The one loader of a stored result: decrypted, then read again in the format and
+    character set of its intake. Routing and sealing share what it returns, so a result is
+    read once per pass."""
+    data = read_stored(message, cipher)
+    return StoredResult(data, read_again(data, message.format, message.charset))
 
 
 def _recorded(message: Message, status: str) -> Recorded:

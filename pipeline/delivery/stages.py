@@ -31,22 +31,24 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from pipeline.db import begin_write
-from pipeline.delivery.circuits import save_circuits
-from pipeline.delivery.dispatch import SignedResults, fail_delivery, seal_delivery, send_delivery
-from pipeline.delivery.record import read_recorded
+from pipeline.delivery.dispatch import SignedResults, fail_delivery, seal_delivery
+from pipeline.delivery.outcomes import record_outcomes
+from pipeline.delivery.record import StoredResult, load_stored
 from pipeline.delivery.routing import route_messages
+from pipeline.delivery.send import Prepared, send_prepared
 from pipeline.delivery.services import DeliveryServices
 from pipeline.errors import LabdispatchError
 from pipeline.hl7.facts import RoutingFacts
 from pipeline.ledger.models import Delivery, Message
-from pipeline.ledger.states import OPEN_STATES
+from pipeline.ledger.states import OPEN_STATES, PENDING, RECEIVED
 from pipeline.logsafe import log_failure
 from pipeline.recipients.models import Recipient
 
 logger = logging.getLogger(__name__)
 
-#: Sends whose outcomes are committed together (bounds what a crash can make us resend).
-COMMIT_EVERY = 20
+#: Sends whose outcomes are committed together (bounds what a crash can make us resend):
+#: each group goes out pipelined, then its outcomes are written in one transaction.
+COMMIT_EVERY = 50
 
 
 @dataclass
@@ -67,62 +69,84 @@ def route_stage(
     now = services.clock()
     with sessions() as session:
         begin_write(session)
-        messages = session.scalars(
-            select(Message)
-            .where(Message.id.in_(message_ids), Message.state == "received")
-            .order_by(Message.id)
-            .with_for_update(skip_locked=True)
-        ).all()
-        readable: list[tuple[Message, RoutingFacts]] = []
-        for message in messages:
-            facts = _stored_facts(message, services)
-            if facts is None:
-                report.states["error"] += 1
-                continue
-            readable.append((message, facts))
-        try:
-            with session.begin_nested():
-                route_messages(
-                    session,
-                    readable,
-                    mail_domain=services.mail_domain,
-                    now=now,
-                    blind_index=services.cipher,
-                )
-                session.flush()
-            routed = [message.id for message, _ in readable]
-        except Exception:
-            # Some message trips a bug: route them one by one, so only it is left behind.
-            routed = []
-            for message, facts in readable:
-                try:
-                    with session.begin_nested():
-                        route_messages(
-                            session,
-                            [(message, facts)],
-                            mail_domain=services.mail_domain,
-                            now=now,
-                            blind_index=services.cipher,
-                        )
-                        session.flush()
-                    routed.append(message.id)
-                except Exception as error:
-                    _log_stage_error("routing message", message.id, error)
-                    report.states["error"] += 1
-        for message, _ in readable:
-            if message.id in routed:
-                report.states[message.state] += 1
+        messages, _ = route_locked(session, message_ids, services, now, report)
+        routed = [message.id for message in messages]
         if routed:
             report.next_ids = list(
                 session.scalars(
                     select(Delivery.id)
-                    .where(Delivery.message_id.in_(routed), Delivery.state == "pending")
+                    .where(Delivery.message_id.in_(routed), Delivery.state == PENDING)
                     .order_by(Delivery.id)
                 )
             )
             _mark_queued(session, report.next_ids, now)
         session.commit()
     return report
+
+
+def route_locked(
+    session: Session,
+    message_ids: Sequence[int],
+    services: DeliveryServices,
+    now: datetime,
+    report: StageReport,
+) -> tuple[list[Message], dict[int, StoredResult]]:
+    """In the session's write transaction: take the messages among `message_ids` still
+    `received` (locked, SKIP LOCKED on PostgreSQL), read each once, and create their
+    deliveries. Returns the messages routed (held by the caller, they stay in the session's
+    identity map: their deliveries find them there), and what each read as (sealing uses
+    it: not read again). Counts message states in `report`."""
+    messages = session.scalars(
+        select(Message)
+        .where(Message.id.in_(message_ids), Message.state == RECEIVED)
+        .order_by(Message.id)
+        .with_for_update(skip_locked=True)
+    ).all()
+    loaded: dict[int, StoredResult] = {}
+    readable: list[tuple[Message, RoutingFacts]] = []
+    for message in messages:
+        stored = _stored(message, services)
+        if stored is None or stored.result.facts is None:
+            report.states["error"] += 1
+            continue
+        loaded[message.id] = stored
+        readable.append((message, stored.result.facts))
+    try:
+        with session.begin_nested():
+            route_messages(
+                session,
+                readable,
+                mail_domain=services.mail_domain,
+                now=now,
+                blind_index=services.cipher,
+            )
+            session.flush()
+        routed = [message.id for message, _ in readable]
+    except Exception:
+        # Some message trips a bug: route them one by one, so only it is left behind.
+        routed = []
+        for message, facts in readable:
+            try:
+                with session.begin_nested():
+                    route_messages(
+                        session,
+                        [(message, facts)],
+                        mail_domain=services.mail_domain,
+                        now=now,
+                        blind_index=services.cipher,
+                    )
+                    session.flush()
+                routed.append(message.id)
+            except Exception as error:
+                _log_stage_error("routing message", message.id, error)
+                report.states["error"] += 1
+    for message, _ in readable:
+        if message.id in routed:
+            report.states[message.state] += 1
+    return (
+        [message for message, _ in readable if message.id in routed],
+        {message_id: loaded[message_id] for message_id in routed},
+    )
 
 
 def seal_stage(
@@ -176,7 +200,8 @@ def seal_stage(
 def send_stage(
     sessions: sessionmaker[Session], delivery_ids: Sequence[int], services: DeliveryServices
 ) -> StageReport:
-    """Send claimed, sealed, due deliveries and record each outcome (nothing follows)."""
+    """Send claimed, sealed, due deliveries (their stored envelopes) and record each
+    outcome (nothing follows): the retry path, and what reconcile hands on."""
     report = StageReport()
     now = services.clock()
     claimed = claim(sessions, delivery_ids, now, services.lease, sealed=True)
@@ -186,39 +211,40 @@ def send_stage(
     with sessions() as session:
         deliveries = _load(session, claimed)
         session.commit()  # end the read transaction: the network part holds none
-        unsent = 0
-        for done, delivery in enumerate(deliveries, start=1):
-            if time.monotonic() > deadline:
-                # Running out of lease: leave the rest for the next round rather than
-                # risk another worker sending them too.
-                unsent = len(deliveries) - done + 1
-                for left in deliveries[done - 1 :]:
-                    left.leased_until = None
-                    left.queued_at = None
-                break
-            report.states[send_delivery(session, delivery, services)] += 1
-            delivery.leased_until = None
-            if done % COMMIT_EVERY == 0:
-                begin_write(session)
-                save_circuits(session, services.breaker)
-                session.commit()
-        if unsent:
-            report.states["left"] += unsent
-        begin_write(session)
-        save_circuits(session, services.breaker)
-        session.commit()
+        prepared = [Prepared(d, d.envelope) for d in deliveries if d.envelope is not None]
+        send_in_groups(session, prepared, services, report, deadline=deadline)
     return report
 
 
-def _stored_facts(message: Message, services: DeliveryServices) -> RoutingFacts | None:
-    """The routing facts of a recorded message, read again from its stored bytes. None (and
-    a log line) for one that no longer reads: it stays `received` and reconcile offers it
-    again, while the others go on (rule 3)."""
+def send_in_groups(
+    session: Session,
+    prepared: Sequence[Prepared],
+    services: DeliveryServices,
+    report: StageReport,
+    *,
+    deadline: float,
+) -> None:
+    """Send `prepared` in groups of `COMMIT_EVERY`, committing each group's outcomes
+    (`outcomes.record_outcomes`) before the next group goes: a crash resends at most one
+    group, under the same Message-IDs."""
+    for start in range(0, len(prepared), COMMIT_EVERY):
+        sent = send_prepared(services, prepared[start : start + COMMIT_EVERY], deadline=deadline)
+        # End any read transaction (a lazy load) first: on SQLite the write must BEGIN
+        # IMMEDIATE, or it is refused at once when another process wrote meanwhile.
+        session.commit()
+        report.states.update(record_outcomes(session, sent, services))
+        session.commit()
+
+
+def _stored(message: Message, services: DeliveryServices) -> StoredResult | None:
+    """A recorded message read again from its stored bytes. None (and a log line) for one
+    that no longer reads: it stays `received` and reconcile offers it again, while the
+    others go on (rule 3)."""
     try:
-        result = read_recorded(message, services.cipher)
-        if result.facts is None:  # it was accepted once: a bug
-            raise LabdispatchError(f"stored message no longer reads: {result.error}")
-        return result.facts
+        stored = load_stored(message, services.cipher)
+        if stored.result.facts is None:  # it was accepted once: a bug
+            raise LabdispatchError(f"stored message no longer reads: {stored.result.error}")
+        return stored
     except Exception as error:
         _log_stage_error("reading message", message.id, error)
         return None

@@ -12,32 +12,34 @@ from __future__ import annotations
 #: is in the directory; held: not to be delivered as it stands (the same control ID came
 #: again with different content, or a training / debugging message on a production
 #: platform), kept for a person to see.
-MESSAGE_STATES = ("received", "routed", "unroutable", "held")
+RECEIVED = "received"
+ROUTED = "routed"
+UNROUTABLE = "unroutable"
+HELD = "held"
+MESSAGE_STATES = (RECEIVED, ROUTED, UNROUTABLE, HELD)
 
 #: pending: waiting for its first try; retrying: a transient failure, next try scheduled;
 #: accepted: a relay took it; delivered: it reached the recipient's store; read: the
 #: recipient's client says it was displayed; failed: given up (permanent refusal, no usable
 #: certificate, limit reached); unroutable: the recipient is not in the directory.
-DELIVERY_STATES = (
-    "pending",
-    "retrying",
-    "accepted",
-    "delivered",
-    "read",
-    "failed",
-    "unroutable",
-)
+PENDING = "pending"
+RETRYING = "retrying"
+ACCEPTED = "accepted"
+DELIVERED = "delivered"
+READ = "read"
+FAILED = "failed"
+DELIVERY_STATES = (PENDING, RETRYING, ACCEPTED, DELIVERED, READ, FAILED, UNROUTABLE)
 #: States still waiting for work from us.
-OPEN_STATES = ("pending", "retrying")
+OPEN_STATES = (PENDING, RETRYING)
 #: How far along a delivery is; reports only ever move it to a later rank.
 DELIVERY_RANK = {
-    "unroutable": 0,
-    "pending": 1,
-    "retrying": 1,
-    "accepted": 2,
-    "delivered": 3,
-    "read": 4,
-    "failed": 5,
+    UNROUTABLE: 0,
+    PENDING: 1,
+    RETRYING: 1,
+    ACCEPTED: 2,
+    DELIVERED: 3,
+    READ: 4,
+    FAILED: 5,
 }
 
 EVENT_KINDS = (

@@ -92,7 +92,7 @@ def test_serve_takes_a_result_over_http_commits_it_and_stops_on_sigterm(
     assert [(m.id, m.laboratory, m.control_id, m.source) for m in stored] == [
         (entry["message_id"], LAB_A, "SERVED-1", "api")
     ]
-    assert [q["headers"]["task"] for q in queued] == ["labdispatch.route"]
+    assert [q["headers"]["task"] for q in queued] == ["labdispatch.deliver"]
     assert queued[0]["headers"]["argsrepr"] == f"[[{entry['message_id']}]]"
     assert out == f"labdispatch: HTTP API on http://127.0.0.1:{port}\n"
     # One access line per call, the caller by number; no patient, no secret, no traceback.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -206,6 +207,9 @@ class BrokenSmtp(SmtpTransport):
     """An SMTP transport with a bug: it raises instead of answering with an outcome."""
 
     def send(self, envelope: Envelope) -> SendResult:
+        raise RuntimeError("a bug in the transport")
+
+    def send_many(self, envelopes: Sequence[Envelope]) -> list[SendResult]:
         raise RuntimeError("a bug in the transport")
 
 

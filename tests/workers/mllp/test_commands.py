@@ -232,7 +232,7 @@ def test_serve_answers_queues_the_route_stage_and_stops_cleanly_on_sigterm(
     while not route_queue.llen(ROUTE_QUEUE) and time.monotonic() < deadline:
         time.sleep(0.02)
     (queued,) = [json.loads(raw) for raw in route_queue.lrange(ROUTE_QUEUE, 0, -1)]
-    assert queued["headers"]["task"] == "labdispatch.route"
+    assert queued["headers"]["task"] == "labdispatch.deliver"
     assert queued["headers"]["argsrepr"] == f"[[{message_id}]]"
     process.send_signal(signal.SIGTERM)
     assert process.wait(30) == 0
