@@ -23,7 +23,6 @@ from pipeline.delivery.services import DeliveryServices
 from pipeline.hl7.errors import NotHL7
 from pipeline.hl7.intake import IntakeResult, unavailable_ack
 from pipeline.hprim.intake import HprimResult
-from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Message, Rejection
 from pipeline.ledger.storage import StorageCipher
 from pipeline.reading import ReadResult, claimed_identity, read_any, readable, result_charset
@@ -98,6 +97,7 @@ def accept_batch(
                 source=item.source,
                 source_name=item.source_name,
                 charset=result_charset(result),
+                hold=_hold_reason(result, services.processing_ids),
             )
             for item, result in accepted
         ],
@@ -116,7 +116,7 @@ def accept_batch(
                     Answer(result, rejection_id=rejection.id, ack=result.accept_ack())
                 )
                 continue
-            held = record.status == NEW and _hold(session, record, services, now)
+            held = record.held
             report = None
             if route and record.status == NEW and not held:
                 message = record.message or session.get_one(Message, record.message_id)
@@ -215,20 +215,15 @@ def _empty(item: Inbound) -> IntakeResult:
     return IntakeResult(1, item.data, error=NotHL7("nothing was sent: no HL7 message in it"))
 
 
-def _hold(session: Session, record: Recorded, services: DeliveryServices, now: datetime) -> bool:
-    """Hold a new message whose processing ID (MSH-11) is not delivered on this platform."""
-    message = record.message or session.get_one(Message, record.message_id)
-    if message.processing_id in services.processing_ids:
-        return False
-    message.state = "held"
-    word = PROCESSING_WORDS.get(message.processing_id, "?")
-    delivered = ", ".join(services.processing_ids)
-    record_event(
-        session,
-        message,
-        "held",
-        f"processing ID {message.processing_id} ({word}): not delivered here, where only "
-        f"{delivered} is (LABDISPATCH_DELIVER_PROCESSING_IDS)",
-        now,
+def _hold_reason(result: ReadResult, delivered: Sequence[str]) -> str:
+    """Why a new message is held rather than delivered: its processing ID (MSH-11) is not
+    delivered on this platform; empty when it is."""
+    assert result.facts is not None
+    processing_id = result.facts.processing_id[:8]  # as the ledger keeps it
+    if processing_id in delivered:
+        return ""
+    word = PROCESSING_WORDS.get(processing_id, "?")
+    return (
+        f"processing ID {processing_id} ({word}): not delivered here, where only "
+        f"{', '.join(delivered)} is (LABDISPATCH_DELIVER_PROCESSING_IDS)"
     )
-    return True
