@@ -29,11 +29,6 @@ NEW = "new"
 DUPLICATE = "duplicate"
 CONFLICT = "conflict"
 
-#: Rows per INSERT statement: well under every engine's bound-parameter limit (SQLite's
-#: 32,766, PostgreSQL's 65,535).
-MESSAGES_PER_STATEMENT = 500
-EVENTS_PER_STATEMENT = 1000
-
 
 @dataclass(frozen=True)
 class Recorded:
@@ -179,13 +174,11 @@ def _record_group(
         by_key = {(row.laboratory, row.control_id, row.revision): row for row in inserted}
         table = cast(Table, Message.__table__)
         c = table.c
-        for start in range(0, len(values), MESSAGES_PER_STATEMENT):
-            chunk = values[start : start + MESSAGES_PER_STATEMENT]
-            returned = session.execute(
-                insert(table).values(chunk).returning(c.id, c.laboratory, c.control_id, c.revision)
-            )
-            for id_, laboratory, control_id, revision in returned:
-                by_key[(laboratory, control_id, revision)].id = id_
+        returned = session.execute(
+            insert(table).returning(c.id, c.laboratory, c.control_id, c.revision), values
+        )
+        for id_, laboratory, control_id, revision in returned:
+            by_key[(laboratory, control_id, revision)].id = id_
         assert all(row.id for row in inserted), "INSERT … RETURNING left a row without its ID"
 
     events: list[dict[str, object]] = []
@@ -222,9 +215,10 @@ def _record_group(
         elif item.hold:
             event(row, "held", item.hold)
         recorded.append(_recorded(row, status, held=status == NEW and bool(item.hold)))
-    for start in range(0, len(events), EVENTS_PER_STATEMENT):
-        chunk = events[start : start + EVENTS_PER_STATEMENT]
-        session.execute(insert(cast(Table, Event.__table__)).values(chunk))
+    # RETURNING makes SQLAlchemy send one multi-row INSERT ("insertmanyvalues", from a
+    # cached one-row statement) where it would otherwise executemany, a row at a time.
+    event_table = cast(Table, Event.__table__)
+    session.execute(insert(event_table).returning(event_table.c.id), events).close()
     return recorded
 
 

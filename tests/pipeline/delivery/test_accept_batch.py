@@ -188,9 +188,11 @@ def test_a_group_is_recorded_with_a_fixed_number_of_statements_whatever_its_size
     accept(ledger, services, oru("S-0"))
     engine = ledger.kw["bind"]
     statements: list[str] = []
+    texts: list[str] = []
 
     def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
         statements.append(statement.split(None, 1)[0].upper())
+        texts.append(statement)
 
     def run(prefix: str, size: int) -> list[str]:
         items = [oru(f"{prefix}-{n}") for n in range(size)]
@@ -198,6 +200,7 @@ def test_a_group_is_recorded_with_a_fixed_number_of_statements_whatever_its_size
         items.append(oru(f"{prefix}-0", potassium="6.1"))  # a conflict within the group
         items.append(oru(f"{prefix}-T").replace(b"|P|2.5|", b"|T|2.5|"))  # held
         statements.clear()
+        texts.clear()
         event.listen(engine, "before_cursor_execute", seen)
         try:
             answers = accept(ledger, services, *items)
@@ -209,6 +212,11 @@ def test_a_group_is_recorded_with_a_fixed_number_of_statements_whatever_its_size
     small, large = run("S", 3), run("L", 60)
     assert small == large, (small, large)
     assert large.count("INSERT") == 2, large
+    # Multi-row: 62 messages in one INSERT, their 127 events (received and parsed each, a
+    # conflict, a held, a duplicate) in another.
+    messages, events = [text for text in texts if text.startswith("INSERT")]
+    assert messages.count("?") + messages.count("%(") >= 62 * 18, messages[:200]
+    assert events.count("?") + events.count("%(") == 127 * 4, events[:200]
     assert kinds(ledger, None) == []
     with ledger() as session:
         trained = session.scalars(select(Message).where(Message.control_id == "L-T")).one()
