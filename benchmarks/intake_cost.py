@@ -4,20 +4,36 @@ Prints medians (and p95) of `read_results` — decode, structure checks against 
 reference model, routing facts and recipients — for a 15-segment ORU^R01 and for the
 largest corpus file, beside a full hl7apy `parse_message` of the same bytes for scale.
 
+With `--ledger`, also what recording costs per message: `accept_batch` + commit of groups of
+`--group` fresh 15-segment results (what one group commit of the MLLP listener does), on a
+scratch SQLite file and, with `--postgres ADMIN_URL`, on a scratch PostgreSQL database.
+
     python benchmarks/intake_cost.py [--rounds 300] [--corpus ../shared/corpus]
+    python benchmarks/intake_cost.py --ledger [--group 100] [--groups 30] [--postgres URL]
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
+from sqlalchemy import Engine
 from timing import measure  # benchmarks/timing.py (scripts run from this folder)
 
+from pipeline.db import begin_write, make_engine, migrate, session_factory
+from pipeline.delivery.intake import Inbound, accept_batch
+from pipeline.delivery.services import DeliveryServices, SignerRegistry
 from pipeline.hl7.intake import read_results
+from pipeline.ledger.storage import StorageCipher
+from pipeline.settings import Settings, SigningSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,11 +70,77 @@ def hl7apy_full(data: bytes) -> Callable[[], object]:
     return run
 
 
+@contextmanager
+def ledger_engine(kind: str, admin_url: str) -> Iterator[Engine]:
+    """A scratch ledger engine, made as the service makes it (`make_engine`)."""
+    if kind == "postgresql":
+        from workers.bench.scratch import postgres_database
+
+        with postgres_database(admin_url) as url, tempfile.TemporaryDirectory() as var:
+            engine = make_engine(Settings(var_dir=Path(var), database_url=url))
+            try:
+                yield engine
+            finally:
+                engine.dispose()
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        var = Path(folder)
+        engine = make_engine(Settings(var_dir=var, database_url=f"sqlite:///{var}/ledger.db"))
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+
+
+def recording_cost(engine: Engine, group: int, groups: int) -> tuple[float, float]:
+    """Per-message milliseconds (median over groups) of accept_batch + commit, and the
+    median per-group commit time in ms."""
+    migrate(engine)
+    sessions = session_factory(engine)
+    services = DeliveryServices(
+        cipher=StorageCipher.from_key(os.urandom(32)),
+        signers=SignerRegistry(SigningSettings()),
+        factories={},
+    )
+    template = fifteen_segment_oru()
+    per_message: list[float] = []
+    per_group: list[float] = []
+    number = 0
+    for round_ in range(groups + 3):  # three warm-up groups
+        batch = []
+        for _ in range(group):
+            number += 1
+            data = template.replace(b"|BENCH-1|", f"|BENCH-{number}|".encode())
+            batch.append(Inbound(data, "mllp", "127.0.0.1:9"))
+        start = time.perf_counter()
+        with sessions() as session:
+            begin_write(session)
+            accept_batch(session, batch, services, now=services.clock())
+            session.commit()
+        elapsed = time.perf_counter() - start
+        if round_ >= 3:
+            per_message.append(elapsed * 1000 / group)
+            per_group.append(elapsed * 1000)
+    return statistics.median(per_message), statistics.median(per_group)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
+    parser.add_argument("--ledger", action="store_true", help="also time recording")
+    parser.add_argument("--group", type=int, default=100, help="messages per group commit")
+    parser.add_argument("--groups", type=int, default=30)
+    parser.add_argument("--postgres", default="", help="admin URL of a PostgreSQL server")
     args = parser.parse_args()
+
+    if args.ledger:
+        kinds = ["sqlite"] + (["postgresql"] if args.postgres else [])
+        print(f"{'ledger':<12} {'group':>6} {'per message':>14} {'per group commit':>18}")
+        for kind in kinds:
+            with ledger_engine(kind, args.postgres) as engine:
+                message_ms, group_ms = recording_cost(engine, args.group, args.groups)
+            print(f"{kind:<12} {args.group:>6} {message_ms:11.3f} ms {group_ms:15.2f} ms")
 
     cases = [("15-segment ORU^R01 (synthetic, 10 OBX)", fifteen_segment_oru())]
     corpus_files = sorted(args.corpus.glob("*.hl7"), key=lambda path: path.stat().st_size)

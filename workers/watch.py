@@ -18,8 +18,9 @@ Why it is safe to run several watchers on one folder, and to kill one at any mom
   watcher that died: any watcher adopts it (the kernel drops a dead process's locks).
   Recording is idempotent (same bytes = duplicate), so processing it again is harmless.
 - Nothing leaves `processing/` for `done/` or `rejected/`, and no ACK is written, before
-  the ledger commit (ARCHITECTURE rule 1). When the commit fails the file goes back to DIR
-  and is tried again: nothing is lost.
+  the ledger commit (ARCHITECTURE rule 1). When the commit fails (the ledger unavailable,
+  as `workers.intake_commit` decides for every intake) the file goes back to DIR and is
+  tried again: nothing is lost.
 - Files with the same name pass through `processing/<name>` one at a time, and `done/`,
   `rejected/` and `acks/` names are never reused (a clash gets a timestamp suffix), so no
   move ever replaces another file.
@@ -43,16 +44,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.db import begin_write, first_line
-from pipeline.delivery.intake import Answer, Inbound, accept_batch
+from pipeline.db import first_line
+from pipeline.delivery.intake import UNAVAILABLE, Answer, Inbound, Stored
 from pipeline.delivery.services import DeliveryServices
 from pipeline.errors import LabdispatchError
 from pipeline.reading import claimed_identity
 from pipeline.settings import DEFAULT_MAX_MESSAGE_BYTES
 from workers.hooks import AfterCommit
+from workers.intake_commit import IntakeCommit
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +176,8 @@ class FolderWatcher:
         self.services = services
         self.settle = settle
         self.after_commit = after_commit
+        #: The intake commit policy every intake shares (`workers.intake_commit`).
+        self._intake = IntakeCommit(sessions, services, after_commit=after_commit)
         self.clock = clock
         self.max_bytes = max_bytes
         self.ready = ready
@@ -491,49 +494,75 @@ class FolderWatcher:
 
     def _record(self, claim: _Claim, data: bytes) -> FileReport | None:
         name = claim.shown  # a name that is not UTF-8 is kept in the ledger with escapes
-        try:
-            with self.sessions() as session:
-                begin_write(session)  # SQLite: wait for another writer rather than fail
-                (answers,) = accept_batch(
-                    session, [Inbound(data, "file", name)], self.services, now=self.services.clock()
-                )
-                session.commit()
-        except SQLAlchemyError as error:
+        finish: _Unfinished | None = None
+
+        def answer(stored: list[Stored]) -> None:
+            # Committed (or not): the ACK file, what the laboratory reads, comes first; the
+            # after-commit hook runs next (`IntakeCommit`), then the file is moved out.
+            nonlocal finish
+            (item,) = stored
+            if not item.committed:
+                return
+            answers = item.answers
+            refused = [answer for answer in answers if answer.status not in RECORDED]
+            self._write_acks(claim.name, answers)
+            finish = _Unfinished(
+                REJECTED if refused else DONE,
+                _reason_text(name, answers, refused, self.clock()) if refused else None,
+                FileReport(
+                    name,
+                    OUTCOME_REJECTED if refused else OUTCOME_DONE,
+                    len(answers) - len(refused),
+                    len(refused),
+                ),
+            )
+
+        def hook_failed(count: int, error: Exception) -> None:
+            # Recorded is recorded: the reconcile job queues what this hook failed to. The
+            # error's type only: its text may quote what it was handling.
+            logger.error(
+                "%s: recorded, but routing could not be queued (%s); the reconcile job "
+                "will queue it",
+                name,
+                type(error).__name__,
+                exc_info=_debug(),
+            )
+
+        self._intake.after_commit = self.after_commit
+        (stored,) = self._intake.commit(
+            [Inbound(data, "file", name)],
+            answer,
+            failed=lambda items, error: None,  # said below, with the file's name
+            hook_failed=hook_failed,
+        )
+        if stored.failure == UNAVAILABLE:
+            error = stored.error
+            assert error is not None
             orig = getattr(error, "orig", None)
             reason = f"the ledger is unavailable: {first_line(orig or error)}"
             moved_to = self._put_back(claim)
             logger.warning("%s: not recorded, %s; it will be tried again", name, reason)
             return FileReport(name, OUTCOME_RETRY, moved_to=moved_to, note=reason)
-        except Exception as error:
+        if stored.failure:
             # A bug of ours. One bad file must not stop the folder: it is refused with a
             # note for the lab, the details (no patient data) go to the operator's log.
+            error_type = type(stored.error).__name__
             logger.error(
                 "%s: not recorded, internal error (%s); moved to %s/",
                 name,
-                type(error).__name__,
+                error_type,
                 REJECTED,
-                exc_info=_debug(),
+                exc_info=stored.error if _debug() else None,
             )
             return self._reject_whole(
                 claim,
-                f"internal error ({type(error).__name__})",
+                f"internal error ({error_type})",
                 "labdispatch could not process this file because of an internal error; the "
                 "operators have the details in the watcher's log. Nothing of it was recorded: "
                 "drop it again once they have fixed the problem.",
             )
-
-        refused = [answer for answer in answers if answer.status not in RECORDED]
-        recorded = len(answers) - len(refused)
         # Committed: from here on, nothing may send this file through recording again.
-        self._write_acks(claim.name, answers)
-        self._after_commit(name, answers)
-        outcome = OUTCOME_REJECTED if refused else OUTCOME_DONE
-        finish = _Unfinished(
-            REJECTED if refused else DONE,
-            _reason_text(name, answers, refused, self.clock()) if refused else None,
-            FileReport(name, outcome, recorded, len(refused)),
-        )
-        assert claim.fd is not None
+        assert finish is not None and claim.fd is not None
         key = _identity(os.fstat(claim.fd))
         self._unfinished[key] = finish
         report = self._finish(claim, finish)
@@ -553,25 +582,6 @@ class FolderWatcher:
         )
         logger.info("%s", report.line())
         return report
-
-    def _after_commit(self, name: str, answers: Sequence[Answer]) -> None:
-        if self.after_commit is None:
-            return
-        ids = [a.message_id for a in answers if a.to_route and a.message_id is not None]
-        if not ids:
-            return
-        try:
-            self.after_commit(ids)
-        except Exception as error:
-            # Recorded is recorded: the reconcile job queues what this hook failed to. The
-            # error's type only: its text may quote what it was handling.
-            logger.error(
-                "%s: recorded, but routing could not be queued (%s); the reconcile job "
-                "will queue it",
-                name,
-                type(error).__name__,
-                exc_info=_debug(),
-            )
 
     def _reject_unreadable(self, claim: _Claim) -> FileReport | None:
         error = claim.error

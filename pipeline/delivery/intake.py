@@ -1,9 +1,14 @@
 """Intake into the ledger: read what a laboratory sent, record it (or quarantine it).
 
 The caller commits, then answers the laboratory (ACK, file moved to done/): the answer
-always follows the commit (ARCHITECTURE rule 1). A listener hands over what arrived together
-(`accept_batch`) so one transaction covers many messages. Refused messages are kept in
-quarantine (`Rejection`) with the reason their ACK gave, for the laboratory and ops to see.
+always follows the commit (ARCHITECTURE rule 1). `store_batch` is that commit policy, the
+one every intake (MLLP, HTTP API, drop folder) goes through via `workers.intake_commit`:
+one transaction per group, what a ledger outage is (`ledger_unreachable`: every item is
+answered "not stored, send again": AE, 503, the file put back), and a group that fails for
+another reason tried again item by item so one bad message turns no other away. A listener
+hands over what arrived together (`accept_batch`) so one transaction covers many messages.
+Refused messages are kept in quarantine (`Rejection`) with the reason their ACK gave, for
+the laboratory and ops to see.
 Routing is the next stage (`pipeline.delivery.stages`), run by workers; `accept_bytes`
 routes at once for the one-process `deliver` command.
 """
@@ -11,25 +16,35 @@ routes at once for the one-process `deliver` command.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
+from pipeline.db import begin_write
 from pipeline.delivery.record import NEW, Recorded, ToRecord, record_messages
 from pipeline.delivery.routing import RouteReport, route_message
 from pipeline.delivery.services import DeliveryServices
 from pipeline.hl7.errors import NotHL7
 from pipeline.hl7.intake import IntakeResult, unavailable_ack
 from pipeline.hprim.intake import HprimResult
-from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Message, Rejection
 from pipeline.ledger.storage import StorageCipher
 from pipeline.reading import ReadResult, claimed_identity, read_any, readable, result_charset
 from pipeline.recipients.laboratories import laboratory_charsets
 
 PROCESSING_WORDS = {"P": "production", "T": "training", "D": "debugging"}
+
+UNAVAILABLE_REASON = (
+    "not stored: the result ledger is unavailable; keep the message and send it again later"
+)
+FAILED_REASON = "not stored: an internal error occurred; keep the message and send it again later"
+#: Why an item was not stored (`Stored.failure`): the database failed (it is down, or
+#: refused the write): send again; or an error of ours.
+UNAVAILABLE = "unavailable"
+FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,7 @@ def accept_batch(
                 source=item.source,
                 source_name=item.source_name,
                 charset=result_charset(result),
+                hold=_hold_reason(result, services.processing_ids),
             )
             for item, result in accepted
         ],
@@ -116,7 +132,7 @@ def accept_batch(
                     Answer(result, rejection_id=rejection.id, ack=result.accept_ack())
                 )
                 continue
-            held = record.status == NEW and _hold(session, record, services, now)
+            held = record.held
             report = None
             if route and record.status == NEW and not held:
                 message = record.message or session.get_one(Message, record.message_id)
@@ -134,6 +150,74 @@ def accept_batch(
             )
         answers.append(group_answers)
     return answers
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What became of one item handed to `store_batch`: its answers, committed or not."""
+
+    item: Inbound
+    answers: list[Answer]
+    #: "" when committed; else UNAVAILABLE or FAILED, the answers saying "send again".
+    failure: str = ""
+    error: BaseException | None = None
+
+    @property
+    def committed(self) -> bool:
+        return not self.failure
+
+    @property
+    def to_route(self) -> list[int]:
+        """The committed new messages the route stage must take up."""
+        if not self.committed:
+            return []
+        return [a.message_id for a in self.answers if a.to_route and a.message_id is not None]
+
+
+#: Told of each failure of `store_batch`: the items not stored and the error.
+IntakeFailure = Callable[[Sequence[Inbound], BaseException], None]
+
+
+def ledger_unreachable(error: BaseException) -> bool:
+    """The database cannot be reached right now: trying the items one by one would only
+    fail the same way, slower."""
+    if isinstance(error, OperationalError | InterfaceError | DisconnectionError):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
+
+
+def store_batch(
+    sessions: sessionmaker[Session],
+    inbound: Sequence[Inbound],
+    services: DeliveryServices,
+    *,
+    failed: IntakeFailure | None = None,
+) -> list[Stored]:
+    """Record every item in one transaction and commit; one `Stored` per item, in order.
+
+    Nothing is answered here: the caller answers once this returned (after the commit). A
+    batch that fails for a reason other than the ledger being unreachable is tried again
+    one item at a time, so one message that trips a bug (or races a concurrent writer)
+    does not turn away the items that shared its transaction."""
+    try:
+        with sessions() as session:
+            begin_write(session)  # SQLite: wait for another writer rather than fail
+            answers = accept_batch(session, inbound, services, now=services.clock())
+            session.commit()
+        return [Stored(item, group) for item, group in zip(inbound, answers, strict=True)]
+    except Exception as error:
+        if ledger_unreachable(error) or len(inbound) == 1:
+            if failed is not None:
+                failed(inbound, error)
+            failure, reason = (
+                (UNAVAILABLE, UNAVAILABLE_REASON)
+                if isinstance(error, DBAPIError)
+                else (FAILED, FAILED_REASON)
+            )
+            return [
+                Stored(item, unavailable_answers(item, reason), failure, error) for item in inbound
+            ]
+    return [store_batch(sessions, [item], services, failed=failed)[0] for item in inbound]
 
 
 def accept_bytes(
@@ -215,20 +299,15 @@ def _empty(item: Inbound) -> IntakeResult:
     return IntakeResult(1, item.data, error=NotHL7("nothing was sent: no HL7 message in it"))
 
 
-def _hold(session: Session, record: Recorded, services: DeliveryServices, now: datetime) -> bool:
-    """Hold a new message whose processing ID (MSH-11) is not delivered on this platform."""
-    message = record.message or session.get_one(Message, record.message_id)
-    if message.processing_id in services.processing_ids:
-        return False
-    message.state = "held"
-    word = PROCESSING_WORDS.get(message.processing_id, "?")
-    delivered = ", ".join(services.processing_ids)
-    record_event(
-        session,
-        message,
-        "held",
-        f"processing ID {message.processing_id} ({word}): not delivered here, where only "
-        f"{delivered} is (LABDISPATCH_DELIVER_PROCESSING_IDS)",
-        now,
+def _hold_reason(result: ReadResult, delivered: Sequence[str]) -> str:
+    """Why a new message is held rather than delivered: its processing ID (MSH-11) is not
+    delivered on this platform; empty when it is."""
+    assert result.facts is not None
+    processing_id = result.facts.processing_id[:8]  # as the ledger keeps it
+    if processing_id in delivered:
+        return ""
+    word = PROCESSING_WORDS.get(processing_id, "?")
+    return (
+        f"processing ID {processing_id} ({word}): not delivered here, where only "
+        f"{', '.join(delivered)} is (LABDISPATCH_DELIVER_PROCESSING_IDS)"
     )
-    return True

@@ -13,14 +13,15 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pipeline.hl7.facts import RoutingFacts
-from pipeline.ledger.events import record_event
-from pipeline.ledger.models import Message
+from pipeline.ledger.models import Event, Message
+from pipeline.ledger.states import EVENT_KINDS
 from pipeline.ledger.storage import StorageCipher
 from pipeline.reading import ReadResult, read_again
 
@@ -39,6 +40,8 @@ class Recorded:
     status: str
     #: The row itself, for the caller's next step in the same session (not compared).
     message: Message | None = field(default=None, compare=False, repr=False)
+    #: New, but held: its processing ID (MSH-11) is not delivered on this platform.
+    held: bool = False
 
     @property
     def to_deliver(self) -> bool:
@@ -59,6 +62,8 @@ class ToRecord:
     source: str
     source_name: str = ""
     charset: str = ""
+    #: Non-empty: record it held (not to be delivered here), with this as the event's words.
+    hold: str = ""
 
 
 def record_message(
@@ -82,9 +87,11 @@ def record_message(
 def record_messages(
     session: Session, items: Sequence[ToRecord], *, cipher: StorageCipher, now: datetime
 ) -> list[Recorded]:
-    """Record a group of accepted messages with a handful of statements, whatever their
-    number: a listener commits what arrived together in one transaction (group commit), so
-    the per-message cost is the encryption, not database round trips.
+    """Record a group of accepted messages with three statements, whatever their number
+    (the known revisions of their keys, one multi-row INSERT … RETURNING of the messages,
+    one of their events; no ORM unit of work): a listener commits what arrived together in
+    one transaction (group commit), so the per-message cost is the encryption, not database
+    round trips.
 
     Within the group, a key seen twice is handled in order (a resend arriving right behind
     the original is its duplicate). If another process records one of the keys meanwhile,
@@ -110,115 +117,144 @@ def record_messages(
     return recorded
 
 
+@dataclass
+class _Row:
+    """A message row as recording needs it: known already, or inserted by this group."""
+
+    laboratory: str
+    control_id: str
+    revision: int
+    content_sha256: str
+    id: int = 0  # 0 until the group's INSERT returned it
+
+
 def _record_group(
     session: Session, items: Sequence[ToRecord], cipher: StorageCipher, now: datetime
 ) -> list[Recorded]:
+    """Three statements whatever the group's size: the keys' known revisions, one
+    multi-row INSERT … RETURNING of the new messages, one multi-row INSERT of their events."""
     keys = {(item.facts.sender, item.facts.control_id) for item in items}
-    known: dict[tuple[str, str], list[Message]] = {}
-    for message in session.scalars(
-        select(Message)
+    known: dict[tuple[str, str], list[_Row]] = {}
+    for id_, laboratory, control_id, revision, digest in session.execute(
+        select(
+            Message.id,
+            Message.laboratory,
+            Message.control_id,
+            Message.revision,
+            Message.content_sha256,
+        )
         .where(Message.control_id.in_({control_id for _, control_id in keys}))
         .order_by(Message.revision)
     ):
-        key = (message.laboratory, message.control_id)
-        if key in keys:
-            known.setdefault(key, []).append(message)
+        if (laboratory, control_id) in keys:
+            row = _Row(laboratory, control_id, revision, digest, id_)
+            known.setdefault((laboratory, control_id), []).append(row)
 
-    outcomes: list[tuple[ToRecord, Message, str]] = []
+    outcomes: list[tuple[ToRecord, _Row, str]] = []
+    inserted: list[_Row] = []  # in `values` order
+    values: list[dict[str, object]] = []
     for item in items:
         key = (item.facts.sender, item.facts.control_id)
         digest = hashlib.sha256(item.data).hexdigest()
         revisions = known.setdefault(key, [])
-        same = next((m for m in revisions if m.content_sha256 == digest), None)
+        same = next((row for row in revisions if row.content_sha256 == digest), None)
         if same is not None:
             outcomes.append((item, same, DUPLICATE))
             continue
         revision = revisions[-1].revision + 1 if revisions else 1
-        message = _new_message(
-            session,
-            item.data,
-            digest,
-            item.facts,
-            revision,
-            cipher,
-            item.source,
-            item.source_name,
-            item.charset,
+        status = CONFLICT if revisions else NEW
+        row = _Row(key[0], key[1], revision, digest)
+        state = "held" if status == CONFLICT or item.hold else "received"
+        values.append(_message_values(item, digest, revision, state, cipher, now))
+        inserted.append(row)
+        outcomes.append((item, row, status))
+        revisions.append(row)
+    if values:
+        # Matched back by key, unique in the table: no reliance on RETURNING's row order.
+        by_key = {(row.laboratory, row.control_id, row.revision): row for row in inserted}
+        table = cast(Table, Message.__table__)
+        c = table.c
+        returned = session.execute(
+            insert(table).returning(c.id, c.laboratory, c.control_id, c.revision), values
         )
-        message.received_at = now
-        message.state = "held" if revisions else "received"
-        outcomes.append((item, message, CONFLICT if revisions else NEW))
-        revisions.append(message)
-    session.flush()
+        for id_, laboratory, control_id, revision in returned:
+            by_key[(laboratory, control_id, revision)].id = id_
+        assert all(row.id for row in inserted), "INSERT … RETURNING left a row without its ID"
 
+    events: list[dict[str, object]] = []
     recorded: list[Recorded] = []
-    for item, message, status in outcomes:
+
+    def event(row: _Row, kind: str, detail: str) -> None:
+        assert kind in EVENT_KINDS
+        events.append({"message_id": row.id, "kind": kind, "detail": detail, "at": now})
+
+    for item, row, status in outcomes:
         origin = _origin(item.source, item.source_name)
         if status == DUPLICATE:
-            record_event(
-                session, message, "duplicate", f"sent again ({origin}); not delivered again", now
-            )
-            recorded.append(_recorded(message, DUPLICATE))
+            event(row, "duplicate", f"sent again ({origin}); not delivered again")
+            recorded.append(_recorded(row, DUPLICATE))
             continue
         facts = item.facts
-        record_event(session, message, "received", f"from {origin}", now)
+        event(row, "received", f"from {origin}")
         warnings = len(facts.warnings)
-        record_event(
-            session,
-            message,
+        event(
+            row,
             "parsed",
             f"{facts.message_type} v{facts.version}, status {facts.result_status or 'unknown'}, "
             f"{len(facts.orders)} order(s), {len(facts.documents)} document(s)"
             + (f", {warnings} warning(s)" if warnings else ""),
-            now,
         )
         if status == CONFLICT:
-            first = known[(message.laboratory, message.control_id)][0]
-            record_event(
-                session,
-                message,
+            first = known[(row.laboratory, row.control_id)][0]
+            event(
+                row,
                 "conflict",
                 f"control ID already used by revision {first.revision} with different "
                 "content; held for review, not delivered",
-                now,
             )
-        recorded.append(_recorded(message, status))
+        elif item.hold:
+            event(row, "held", item.hold)
+        recorded.append(_recorded(row, status, held=status == NEW and bool(item.hold)))
+    # RETURNING makes SQLAlchemy send one multi-row INSERT ("insertmanyvalues", from a
+    # cached one-row statement) where it would otherwise executemany, a row at a time.
+    event_table = cast(Table, Event.__table__)
+    session.execute(insert(event_table).returning(event_table.c.id), events).close()
     return recorded
 
 
-def _new_message(
-    session: Session,
-    data: bytes,
+def _message_values(
+    item: ToRecord,
     digest: str,
-    facts: RoutingFacts,
     revision: int,
+    state: str,
     cipher: StorageCipher,
-    source: str,
-    source_name: str,
-    charset: str,
-) -> Message:
-    blob, key_id = cipher.encrypt(data, storage_context(facts.sender, facts.control_id, revision))
-    message = Message(
-        laboratory=facts.sender,
-        control_id=facts.control_id,
-        revision=revision,
-        content_sha256=digest,
-        size=len(data),
-        sending_application=facts.sending_application[:200],
-        message_type=facts.message_type,
-        version=facts.version,
-        processing_id=facts.processing_id[:8],
-        result_status=facts.result_status,
-        document_count=len(facts.documents),
-        charset=charset[:32],
-        format=facts.format,
-        source=source,
-        source_name=source_name[:500],
-        raw_encrypted=blob,
-        storage_key_id=key_id,
+    now: datetime,
+) -> dict[str, object]:
+    facts = item.facts
+    blob, key_id = cipher.encrypt(
+        item.data, storage_context(facts.sender, facts.control_id, revision)
     )
-    session.add(message)
-    return message
+    return {
+        "laboratory": facts.sender,
+        "control_id": facts.control_id,
+        "revision": revision,
+        "state": state,
+        "content_sha256": digest,
+        "size": len(item.data),
+        "sending_application": facts.sending_application[:200],
+        "message_type": facts.message_type,
+        "version": facts.version,
+        "processing_id": facts.processing_id[:8],
+        "result_status": facts.result_status,
+        "document_count": len(facts.documents),
+        "charset": item.charset[:32],
+        "format": facts.format,
+        "source": item.source,
+        "source_name": item.source_name[:500],
+        "raw_encrypted": blob,
+        "storage_key_id": key_id,
+        "received_at": now,
+    }
 
 
 def read_stored(message: Message, cipher: StorageCipher) -> bytes:
@@ -252,10 +288,8 @@ def load_stored(message: Message, cipher: StorageCipher) -> StoredResult:
     return StoredResult(data, read_again(data, message.format, message.charset))
 
 
-def _recorded(message: Message, status: str) -> Recorded:
-    return Recorded(
-        message.id, message.laboratory, message.control_id, message.revision, status, message
-    )
+def _recorded(row: _Row, status: str, *, held: bool = False) -> Recorded:
+    return Recorded(row.id, row.laboratory, row.control_id, row.revision, status, held=held)
 
 
 def _origin(source: str, source_name: str) -> str:

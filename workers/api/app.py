@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 
 from pipeline.access.tokens import TokenError
 from pipeline.db import first_line, open_database
+from pipeline.delivery.intake import ledger_unreachable
 from pipeline.delivery.replay import ReplayRefused, UnknownDelivery
 from pipeline.delivery.services import DeliveryServices
 from pipeline.delivery.trace import UnknownResult
@@ -41,7 +42,7 @@ from workers.api import dashboard, health, messages, metrics, results, stats
 from workers.api.access_log import INTERNAL_ERROR, AccessLog, describe_call
 from workers.api.messages import Requeue, queue_replayed
 from workers.hooks import AfterCommit
-from workers.mllp.server import GroupCommitter, ledger_unreachable
+from workers.intake_commit import GroupCommitter
 
 log = logging.getLogger("labdispatch.api")
 
@@ -83,7 +84,12 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         committer = GroupCommitter(
-            ledger, services, loop, after_commit=hook, max_batch=settings.service.batch_size
+            ledger,
+            services,
+            loop,
+            after_commit=hook,
+            max_batch=settings.service.batch_size,
+            name="api-committer",
         )
         committer.start()
         app.state.committer = committer

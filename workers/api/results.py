@@ -27,8 +27,8 @@ from pipeline.access.tokens import Caller
 from pipeline.delivery.intake import Answer, Inbound
 from pipeline.hl7.ack import ACCEPT, ERROR, AckContext, accept_ack_code
 from workers.api.auth import require
+from workers.intake_commit import GroupCommitter
 from workers.mllp.framing import DEFAULT_MAX_BYTES
-from workers.mllp.server import GroupCommitter
 
 router = APIRouter(tags=["results"])
 log = logging.getLogger("labdispatch.api")

@@ -1,7 +1,8 @@
 """The MLLP listener: many LIS connections, one writer to the ledger, no ACK before commit.
 
-Each connection reads its frames in order and hands each one to the `GroupCommitter`: one
-thread that owns the database work. It takes every frame waiting (up to `max_batch`,
+Each connection reads its frames in order and hands each one to the `GroupCommitter`
+(`workers.intake_commit`, shared with the HTTP API; the drop folder runs the same commit
+policy): one thread that owns the database work. It takes every frame waiting (up to `max_batch`,
 lingering a couple of milliseconds for more once it has one), records them all in one
 transaction, commits, and only then answers each frame. So a morning peak of many LIS
 pushing at once costs one commit per batch rather than one per message, and an ACK on
@@ -25,29 +26,24 @@ import asyncio
 import contextlib
 import errno
 import logging
-import os
-import queue
 import resource
 import signal
 import socket
-import threading
-import time
-import traceback
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.db import begin_write, first_line, open_database
-from pipeline.delivery.intake import Answer, Inbound, accept_batch, unavailable_answers
+from pipeline.db import open_database
+from pipeline.delivery.intake import Answer, Inbound
 from pipeline.delivery.services import DeliveryServices
 from pipeline.errors import LabdispatchError
 from pipeline.hl7.ack import REJECT, AckContext, AckIssue, encode_accept_ack
 from pipeline.settings import Settings
 from workers.hooks import AfterCommit
+from workers.intake_commit import DEFAULT_LINGER_SECONDS, GroupCommitter
 from workers.mllp.framing import (
     DEFAULT_MAX_BYTES,
     READ_SIZE,
@@ -57,9 +53,6 @@ from workers.mllp.framing import (
 )
 from workers.mllp.limits import RESERVED_FILE_DESCRIPTORS, ListenerLimits, RateLimitedLog
 
-#: How long the committer waits for more frames once it holds one: a little latency for
-#: far fewer commits when many connections are busy.
-DEFAULT_LINGER_SECONDS = 0.002
 #: Frames a connection may have waiting for their ACK; past this we stop reading it, and
 #: TCP pushes back on the sender.
 DEFAULT_WINDOW = 256
@@ -68,185 +61,11 @@ LINGER_SECONDS = 2.0
 #: How long a shutdown waits for in-flight batches and their ACKs.
 DEFAULT_GRACE_SECONDS = 10.0
 
-UNAVAILABLE_REASON = (
-    "not stored: the result ledger is unavailable; keep the message and send it again later"
-)
-FAILED_REASON = "not stored: an internal error occurred; keep the message and send it again later"
-
 log = logging.getLogger(__name__)
 
 
 class ListenerError(LabdispatchError):
     """The listener cannot start (address in use, no permission to bind)."""
-
-
-@dataclass
-class _Pending:
-    inbound: Inbound
-    future: asyncio.Future[list[Answer]]
-
-
-_STOP = object()
-
-
-class GroupCommitter:
-    """The one thread that writes intake to the ledger, a batch per transaction.
-
-    `submit` is called on the event loop; the answers come back on the same loop, and
-    only after the batch's commit returned. `after_commit` runs on this thread, after
-    the answers are on their way; its exceptions are logged and swallowed (reconcile
-    finds messages the route stage never took up)."""
-
-    def __init__(
-        self,
-        sessions: sessionmaker[Session],
-        services: DeliveryServices,
-        loop: asyncio.AbstractEventLoop,
-        *,
-        after_commit: AfterCommit | None = None,
-        max_batch: int = 100,
-        linger: float = DEFAULT_LINGER_SECONDS,
-    ) -> None:
-        self._sessions = sessions
-        self._services = services
-        self._loop = loop
-        self._after_commit = after_commit
-        self._max_batch = max(1, max_batch)
-        self._linger = linger
-        self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="mllp-committer", daemon=True)
-        #: Used on the committer's thread only: an outage repeats its line once per 10 s.
-        self._events = RateLimitedLog(log)
-        self.batches = 0  # commits attempted, for tests and curiosity
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def submit(self, inbound: Inbound) -> asyncio.Future[list[Answer]]:
-        future: asyncio.Future[list[Answer]] = self._loop.create_future()
-        self._queue.put(_Pending(inbound, future))
-        return future
-
-    def stop(self) -> None:
-        """Finish what was submitted, then end the thread (blocks until it has)."""
-        if self._thread.is_alive():
-            self._queue.put(_STOP)
-            self._thread.join()
-
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is _STOP:
-                break
-            assert isinstance(first, _Pending)
-            batch = [first]
-            deadline = time.monotonic() + self._linger
-            while len(batch) < self._max_batch:
-                try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                assert isinstance(item, _Pending)
-                batch.append(item)
-            try:
-                self._commit(batch)
-            except Exception as error:  # a bug: never leave a connection waiting forever
-                log.error("MLLP committer failed (%s)%s", type(error).__name__, debug_trace(error))
-                self._loop.call_soon_threadsafe(_fail, batch, error)
-
-    def _commit(self, batch: list[_Pending]) -> None:
-        self.batches += 1
-        stored = self._store([pending.inbound for pending in batch])
-        self._loop.call_soon_threadsafe(_resolve, batch, [answers for answers, _ in stored])
-        route = [
-            answer.message_id
-            for answers, committed in stored
-            if committed
-            for answer in answers
-            if answer.to_route and answer.message_id is not None
-        ]
-        if route and self._after_commit is not None:
-            try:
-                self._after_commit(route)
-            except Exception as error:
-                self._events.log(
-                    logging.ERROR,
-                    "after-commit",
-                    "after-commit hook failed for %d message(s) (%s); reconcile will route them%s",
-                    len(route),
-                    type(error).__name__,
-                    debug_trace(error),
-                )
-
-    def _store(self, inbound: Sequence[Inbound]) -> list[tuple[list[Answer], bool]]:
-        """Each item's answers, and whether they were committed.
-
-        A batch that fails for a reason other than the database being unreachable is
-        tried again one item at a time, so one message that trips a bug (or races a
-        concurrent writer) does not turn away the frames that shared its transaction."""
-        try:
-            with self._sessions() as session:
-                begin_write(session)  # SQLite: wait for another writer rather than fail
-                answers = accept_batch(session, inbound, self._services, now=self._services.clock())
-                session.commit()
-            return [(group, True) for group in answers]
-        except Exception as error:
-            reason = UNAVAILABLE_REASON if isinstance(error, DBAPIError) else FAILED_REASON
-            if ledger_unreachable(error):
-                self._events.log(
-                    logging.ERROR,
-                    "unavailable",
-                    "ledger unavailable: %d frame(s) answered with an error, not stored (%s)",
-                    len(inbound),
-                    first_line(getattr(error, "orig", None) or error),
-                )
-                return [(unavailable_answers(item, reason), False) for item in inbound]
-            if len(inbound) == 1:
-                self._events.log(
-                    logging.ERROR,
-                    "intake-failed",
-                    "intake failed for a frame from %s (%s): answered with an error, not stored%s",
-                    inbound[0].source_name,
-                    type(error).__name__,
-                    debug_trace(error),
-                )
-                return [(unavailable_answers(inbound[0], reason), False)]
-        return [self._store([item])[0] for item in inbound]
-
-
-def debug_trace(error: BaseException) -> str:
-    """Where an error came from, for the log, under LABDISPATCH_DEBUG=1 only: the frames
-    (file, line, function), never the exception's text, which may quote a result."""
-    if os.environ.get("LABDISPATCH_DEBUG") != "1":
-        return ""
-    frames = traceback.extract_tb(error.__traceback__)
-    return "; raised at " + " <- ".join(
-        f"{frame.filename}:{frame.lineno} in {frame.name}" for frame in reversed(frames)
-    )
-
-
-def ledger_unreachable(error: BaseException) -> bool:
-    """The database cannot be reached right now: trying the frames one by one would only
-    fail the same way, slower."""
-    if isinstance(error, OperationalError | InterfaceError | DisconnectionError):
-        return True
-    return isinstance(error, DBAPIError) and error.connection_invalidated
-
-
-def _resolve(batch: list[_Pending], answers: list[list[Answer]]) -> None:
-    for pending, answer in zip(batch, answers, strict=True):
-        if not pending.future.done():
-            pending.future.set_result(answer)
-
-
-def _fail(batch: list[_Pending], error: Exception) -> None:
-    for pending in batch:
-        if not pending.future.done():
-            pending.future.set_exception(error)
 
 
 @dataclass(eq=False)  # each connection is its own: kept in a set by identity
@@ -342,6 +161,7 @@ class MllpServer:
             after_commit=self._after_commit,
             max_batch=self._max_batch,
             linger=self._linger,
+            name="mllp-committer",
         )
         _make_room_for(self.limits.max_connections)
         self._listeners = _bind(host, port)

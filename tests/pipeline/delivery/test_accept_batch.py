@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.delivery.intake import (
@@ -178,3 +178,47 @@ def test_when_nothing_could_be_stored_every_message_gets_an_error_never_aa() -> 
     for answer in [*answers, empty]:
         assert not answer.to_route and answer.message_id is None
         assert answer.status != "accepted"
+
+
+def test_a_group_is_recorded_with_a_fixed_number_of_statements_whatever_its_size(
+    ledger: sessionmaker[Session], services: DeliveryServices
+) -> None:
+    """The ACK path of a group commit (issue 12): messages in one multi-row INSERT …
+    RETURNING, their events in one, held ones included; no statement per message."""
+    accept(ledger, services, oru("S-0"))
+    engine = ledger.kw["bind"]
+    statements: list[str] = []
+    texts: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement.split(None, 1)[0].upper())
+        texts.append(statement)
+
+    def run(prefix: str, size: int) -> list[str]:
+        items = [oru(f"{prefix}-{n}") for n in range(size)]
+        items.append(oru("S-0"))  # a resend: a duplicate event on the known row
+        items.append(oru(f"{prefix}-0", potassium="6.1"))  # a conflict within the group
+        items.append(oru(f"{prefix}-T").replace(b"|P|2.5|", b"|T|2.5|"))  # held
+        statements.clear()
+        texts.clear()
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            answers = accept(ledger, services, *items)
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+        assert [a.status for (a,) in answers][-3:] == ["duplicate", "conflict", "held"]
+        return list(statements)
+
+    small, large = run("S", 3), run("L", 60)
+    assert small == large, (small, large)
+    assert large.count("INSERT") == 2, large
+    # Multi-row: 62 messages in one INSERT, their 127 events (received and parsed each, a
+    # conflict, a held, a duplicate) in another.
+    messages, events = [text for text in texts if text.startswith("INSERT")]
+    assert messages.count("?") + messages.count("%(") >= 62 * 18, messages[:200]
+    assert events.count("?") + events.count("%(") == 127 * 4, events[:200]
+    assert kinds(ledger, None) == []
+    with ledger() as session:
+        trained = session.scalars(select(Message).where(Message.control_id == "L-T")).one()
+        assert trained.state == "held"
+    assert kinds(ledger, trained.id) == ["received", "parsed", "held"]

@@ -16,12 +16,12 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline.delivery.intake import FAILED_REASON, UNAVAILABLE_REASON
 from pipeline.ledger.models import Message, Rejection
 from tests.support import eventually, set_msh
 from tests.workers.mllp.conftest import FIXTURES, RunningServer, StartServer, result_message
 from workers.mllp.client import AckReply
 from workers.mllp.framing import frame
-from workers.mllp.server import FAILED_REASON, UNAVAILABLE_REASON
 
 
 class CommitRefused(RuntimeError):

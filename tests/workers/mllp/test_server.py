@@ -15,13 +15,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.db import make_engine, session_factory
+from pipeline.delivery.intake import UNAVAILABLE_REASON
 from pipeline.ledger.models import Event, Message, Rejection
 from pipeline.settings import Settings
 from tests.support import eventually, set_msh
 from tests.workers.mllp.conftest import FIXTURES, RunningServer, StartServer, result_message
 from workers.mllp.client import AckReply, MllpClient
 from workers.mllp.framing import FrameDecoder, frame
-from workers.mllp.server import UNAVAILABLE_REASON
 
 
 def _messages(ledger: sessionmaker[Session], control_id: str | None = None) -> list[Message]:
