@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+#: ../shared/corpus beside the checkout (as CI lays it), or LABDISPATCH_CORPUS_DIR.
+CORPUS = Path(
+    os.environ.get(
+        "LABDISPATCH_CORPUS_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+    )
+)
 
 
 def set_msh(data: bytes, values: dict[int, str]) -> bytes:

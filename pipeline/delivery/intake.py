@@ -16,7 +16,7 @@ routes at once for the one-process `deliver` command.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -28,15 +28,27 @@ from pipeline.delivery.record import NEW, Recorded, ToRecord, record_messages
 from pipeline.delivery.routing import RouteReport, route_message
 from pipeline.delivery.services import DeliveryServices
 from pipeline.hl7.errors import NotHL7
-from pipeline.hl7.intake import IntakeResult, unavailable_ack
+from pipeline.hl7.intake import CharsetLookup, IntakeResult, unavailable_ack
 from pipeline.hprim.intake import HprimResult
 from pipeline.ledger.models import Message, Rejection
 from pipeline.ledger.storage import StorageCipher
-from pipeline.reading import ReadResult, claimed_identity, read_any, readable, result_charset
+from pipeline.reading import (
+    HL7V2,
+    ReadResult,
+    claimed_identity,
+    format_of,
+    read_any,
+    readable,
+    result_charset,
+)
 from pipeline.recipients.laboratories import laboratory_charsets
 
 PROCESSING_WORDS = {"P": "production", "T": "training", "D": "debugging"}
 
+HPRIM_OVER_MLLP = (
+    "HPRIM is not taken over MLLP, which carries HL7 v2 only: drop the file in the watched "
+    "folder or POST it to /v1/results"
+)
 UNAVAILABLE_REASON = (
     "not stored: the result ledger is unavailable; keep the message and send it again later"
 )
@@ -100,7 +112,7 @@ def accept_batch(
     stay `received` for the route stage."""
     charsets = laboratory_charsets(session)
     results = [
-        [(item, result) for result in read_any(item.data, charsets)] or [(item, _empty(item))]
+        [(item, result) for result in _read(item, charsets)] or [(item, _empty(item))]
         for item in inbound
     ]
     accepted = [(item, result) for group in results for item, result in group if _readable(result)]
@@ -243,7 +255,7 @@ def unavailable_answers(item: Inbound, reason: str) -> list[Answer]:
             result,
             ack=None if isinstance(result, HprimResult) else unavailable_ack(result.data, reason),
         )
-        for result in read_any(item.data)
+        for result in _read(item, None)
     ] or [Answer(_empty(item), ack=unavailable_ack(item.data, reason))]
 
 
@@ -291,6 +303,17 @@ def quarantine_context(digest: str) -> str:
 
 def _readable(result: ReadResult) -> bool:
     return readable(result)
+
+
+def _read(item: Inbound, charsets: CharsetLookup | None) -> Iterator[ReadResult]:
+    """The results an item holds, as its door allows: MLLP carries HL7 v2 only. HPRIM
+    defines no acknowledgement an MLLP sender could wait for, so an HPRIM frame is refused
+    there with an AR that says where HPRIM goes, rather than recorded and left unanswered
+    (the sender would time out and send it again forever)."""
+    if item.source == "mllp" and format_of(item.data) != HL7V2:
+        yield IntakeResult(1, item.data, error=NotHL7(HPRIM_OVER_MLLP))
+        return
+    yield from read_any(item.data, charsets)
 
 
 def _empty(item: Inbound) -> IntakeResult:

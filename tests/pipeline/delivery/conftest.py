@@ -25,12 +25,6 @@ from pipeline.transports.mailbox import MailboxTransport
 from pipeline.transports.smtp import SmtpConfig, SmtpTransport
 from tests.smtp_relay import Relay
 
-CORPUS = Path(
-    os.environ.get(
-        "LABDISPATCH_CORPUS_DIR", Path(__file__).resolve().parents[3].parent / "shared" / "corpus"
-    )
-)
-
 #: The ANS biology report sample: Dr Adam Hoda (RPPS) in copy, the patient (INS) asked for a
 #: copy, and Dr Eva Blue ordering, named without an identifier (so: unroutable).
 CORPUS_RESULT = "ans__oru_cr_bio_init_v2.1.hl7"

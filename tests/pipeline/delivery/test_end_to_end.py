@@ -23,7 +23,6 @@ from pipeline.sealing.demo_pki import DemoPki
 from tests.pipeline.delivery.conftest import (
     ADAM,
     ADAM_MAIL,
-    CORPUS,
     CORPUS_RESULT,
     MAIL_FROM,
     PATIENT,
@@ -31,6 +30,7 @@ from tests.pipeline.delivery.conftest import (
 )
 from tests.pipeline.sealing.helpers import attachments, open_envelope
 from tests.smtp_relay import Relay
+from tests.support import CORPUS
 
 CONTROL_ID = "015"  # MSH-10 of the ANS sample
 

@@ -29,13 +29,13 @@ from pipeline.sealing.demo_pki import DemoPki
 from tests.pipeline.delivery.conftest import (
     ADAM,
     ADAM_MAIL,
-    CORPUS,
     CORPUS_RESULT,
     PATIENT,
     Clock,
     received,
 )
 from tests.smtp_relay import Relay
+from tests.support import CORPUS
 
 INS = "279035121518989"
 #: What identifies the corpus result's patient (family name as in PID-5, given name).

@@ -16,7 +16,6 @@ from pipeline.delivery.services import DeliveryServices
 from pipeline.delivery.trace import trace_result
 from tests.pipeline.delivery.conftest import (
     ADAM_XCN,
-    CORPUS,
     CORPUS_RESULT,
     UNEQUIPPED_XCN,
     Clock,
@@ -24,6 +23,7 @@ from tests.pipeline.delivery.conftest import (
 )
 from tests.pipeline.delivery.scenario import oru
 from tests.pipeline.delivery.workers_path import deliver_as_workers_do
+from tests.support import CORPUS
 
 SIGNED = (
     "signed by CN=labdispatch demo laboratory (TEST),O=labdispatch TEST PKI, "

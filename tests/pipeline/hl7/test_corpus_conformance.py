@@ -6,19 +6,13 @@ from the file), each malformed or foreign file a specific error, and nothing may
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from pipeline.hl7 import errors
 from pipeline.hl7.intake import IntakeResult, read_results
-
-CORPUS = Path(
-    os.environ.get(
-        "LABDISPATCH_CORPUS_DIR", Path(__file__).resolve().parents[3].parent / "shared" / "corpus"
-    )
-)
+from tests.support import CORPUS
 
 NO_ID = "no identifier"
 

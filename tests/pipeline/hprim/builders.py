@@ -6,7 +6,9 @@ given is empty. `sante()` joins records with CR (pass `end=` for CRLF or LF).
 
 from __future__ import annotations
 
-CORPUS = "/work/shared/corpus"
+from tests.support import CORPUS
+
+__all__ = ["CORPUS"]
 
 
 def record(kind: str, fields: dict[int, str], sep: str = "|") -> str:
