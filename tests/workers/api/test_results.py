@@ -238,7 +238,7 @@ def test_when_the_commit_itself_fails_the_answer_is_ae_503_nothing_stored_nothin
 
     def refuse(session: Session) -> None:
         # Intake's COMMIT only: not a SAVEPOINT's release inside it, nor another thread's.
-        if threading.current_thread().name == "mllp-committer" and (
+        if threading.current_thread().name == "api-committer" and (
             not session.in_nested_transaction()
         ):
             raise failure
