@@ -24,8 +24,8 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.db import begin_write
-from pipeline.delivery.record import read_recorded
-from pipeline.delivery.routing import delivery_ids_for, shown_identifier
+from pipeline.delivery.record import load_stored
+from pipeline.delivery.route import deliverable, shown_identifier
 from pipeline.delivery.services import DeliveryServices
 from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Delivery, Message
@@ -149,7 +149,7 @@ def resume_unroutable(
             message = session.get_one(Message, message_id)
             if message.state == "held":
                 continue
-            result = read_recorded(message, services.cipher)
+            result = load_stored(message, services.cipher).result
             if result.facts is None:
                 continue
             taken = {d.recipient_key for d in message.deliveries if d.state != "unroutable"}
@@ -166,18 +166,12 @@ def resume_unroutable(
                 if parked_delivery is None:
                     continue
                 recipient = session.scalars(select(Recipient).where(Recipient.key == key)).one()
-                kind, _, address = resolution.channels[0].partition(":")
-                message_id_header, envelope_id = delivery_ids_for(
-                    message, key, kind, address, services.mail_domain
+                columns = deliverable(
+                    message, recipient, resolution.channels[0], services.mail_domain
                 )
-                parked_delivery.recipient_id = recipient.id
-                parked_delivery.recipient_key = key
-                parked_delivery.channel_kind = kind
-                parked_delivery.channel_address = address
-                parked_delivery.envelope_message_id = message_id_header
-                parked_delivery.envelope_id = envelope_id
-                parked_delivery.state = "pending"
-                parked_delivery.last_error = ""
+                for column, value in columns.items():
+                    setattr(parked_delivery, column, value)
+                kind = parked_delivery.channel_kind
                 parked_delivery.queued_at = now
                 record_event(
                     session,

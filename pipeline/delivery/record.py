@@ -5,6 +5,9 @@ resend (an LIS that lost our ACK sends again): it is recorded as a duplicate on 
 original and nothing new is delivered. The same key with different bytes is not something
 we may guess about (a correction should carry a new control ID): it is kept as the next
 revision, held for a person to review, and not delivered.
+
+`load_stored` is the one loader of a recorded result (decrypted, read again as at intake):
+route, seal, reconcile and the one pass all call it, so a stored result is read one way.
 """
 
 from __future__ import annotations
@@ -264,11 +267,6 @@ def read_stored(message: Message, cipher: StorageCipher) -> bytes:
         message.storage_key_id,
         storage_context(message.laboratory, message.control_id, message.revision),
     )
-
-
-def read_recorded(message: Message, cipher: StorageCipher) -> ReadResult:
-    """A recorded result read again, in the format and character set of its intake."""
-    return load_stored(message, cipher).result
 
 
 @dataclass(frozen=True)

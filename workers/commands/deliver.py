@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 
 from pipeline.db import open_database
-from pipeline.delivery.dispatch import DispatchReport, dispatch_due
+from pipeline.delivery.deliver import DispatchReport, dispatch_due
 from pipeline.delivery.intake import Answer, accept_bytes
 from pipeline.delivery.services import DeliveryServices
 from pipeline.ledger.models import Delivery

@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.delivery.dispatch import dispatch_due
+from pipeline.delivery.deliver import dispatch_due
 from pipeline.delivery.intake import accept_bytes
 from pipeline.delivery.receipts import collect_receipts
 from pipeline.delivery.services import DeliveryServices

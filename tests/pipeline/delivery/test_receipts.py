@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.delivery.dispatch import dispatch_due
+from pipeline.delivery.deliver import dispatch_due
 from pipeline.delivery.intake import accept_bytes
 from pipeline.delivery.receipts import collect_receipts, record_report
 from pipeline.delivery.services import DeliveryServices
