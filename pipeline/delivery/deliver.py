@@ -51,11 +51,7 @@ from pipeline.delivery.services import DeliveryServices
 from pipeline.errors import LabdispatchError
 from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Attempt, Delivery
-from pipeline.ledger.states import (
-    FAILED,
-    OPEN_STATES,
-    PENDING,
-)
+from pipeline.ledger.states import ACCEPTED, DELIVERED, FAILED, OPEN_STATES, PENDING, RETRYING
 from pipeline.ledger.storage import StoredMessageUnreadable, is_sealed
 from pipeline.logsafe import log_failure
 from pipeline.recipients.identifiers import address_context
@@ -338,11 +334,11 @@ def send_delivery(session: Session, delivery: Delivery, services: DeliveryServic
         delivery.last_error = ""
         delivery.next_attempt_at = None
         delivery.accepted_at = finished
-        delivery.state = "accepted"
+        delivery.state = ACCEPTED
         record_event(session, message, "accepted", result.evidence, finished, delivery)
         if result.delivered:
             delivery.delivered_at = finished
-            delivery.state = "delivered"
+            delivery.state = DELIVERED
             record_event(session, message, "delivered", f"into {destination}", finished, delivery)
         return delivery.state
 
@@ -350,7 +346,7 @@ def send_delivery(session: Session, delivery: Delivery, services: DeliveryServic
     policy = services.policy(kind)
     assert delivery.first_attempt_at is not None
     if policy.should_retry(result.outcome, delivery.attempts, delivery.first_attempt_at, finished):
-        delivery.state = "retrying"
+        delivery.state = RETRYING
         delivery.next_attempt_at = finished + policy.delay(delivery.attempts, services.rng)
         record_event(
             session,

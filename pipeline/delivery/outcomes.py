@@ -29,7 +29,7 @@ from pipeline.delivery.send import SENT, UNOPENABLE, UNSENT, WAITING, Prepared, 
 from pipeline.delivery.services import DeliveryServices
 from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Attempt, Delivery, Event
-from pipeline.ledger.states import ACCEPTED, DELIVERED, EVENT_KINDS, FAILED, RETRYING
+from pipeline.ledger.states import ACCEPTED, DELIVERED, EVENT_KINDS, FAILED, PENDING, RETRYING
 from pipeline.transports.base import Outcome
 
 UNOPENED_ADDRESS = (
@@ -223,8 +223,8 @@ def wait_for_circuit(
     jitter = timedelta(seconds=services.rng.uniform(0, 5))
     delivery.next_attempt_at = max(reopen, now) + jitter
     delivery.updated_at = now
-    if delivery.state == "pending" and delivery.attempts:
-        delivery.state = "retrying"
+    if delivery.state == PENDING and delivery.attempts:
+        delivery.state = RETRYING
     if not delivery.last_error.endswith(_CIRCUIT_OPEN):
         # One event when it starts waiting, not one per sweep while the circuit stays open.
         record_event(

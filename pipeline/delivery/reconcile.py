@@ -29,7 +29,7 @@ from pipeline.delivery.route import deliverable, shown_identifier
 from pipeline.delivery.services import DeliveryServices
 from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Delivery, Message
-from pipeline.ledger.states import OPEN_STATES
+from pipeline.ledger.states import HELD, OPEN_STATES, RECEIVED, ROUTED, UNROUTABLE
 from pipeline.recipients.models import Recipient
 from pipeline.recipients.routing import route
 
@@ -69,7 +69,7 @@ def stalled_work(
             work.route = list(
                 session.scalars(
                     select(Message.id)
-                    .where(Message.state == "received", Message.received_at < stale)
+                    .where(Message.state == RECEIVED, Message.received_at < stale)
                     .order_by(Message.id)
                     .limit(limit)
                 )
@@ -137,7 +137,7 @@ def resume_unroutable(
         begin_write(session)
         parked = session.scalars(
             select(Delivery)
-            .where(Delivery.state == "unroutable")
+            .where(Delivery.state == UNROUTABLE)
             .order_by(Delivery.updated_at, Delivery.id)
             .limit(limit)
         ).all()
@@ -147,12 +147,12 @@ def resume_unroutable(
             by_message.setdefault(unroutable.message_id, []).append(unroutable)
         for message_id, waiting in by_message.items():
             message = session.get_one(Message, message_id)
-            if message.state == "held":
+            if message.state == HELD:
                 continue
             result = load_stored(message, services.cipher).result
             if result.facts is None:
                 continue
-            taken = {d.recipient_key for d in message.deliveries if d.state != "unroutable"}
+            taken = {d.recipient_key for d in message.deliveries if d.state != UNROUTABLE}
             answers = route(session, result.facts, blind_index=services.cipher)
             for answer in answers:
                 resolution = answer.resolution
@@ -184,7 +184,7 @@ def resume_unroutable(
                 taken.add(key)
                 waiting.remove(parked_delivery)
                 resumed.append(parked_delivery.id)
-            if message.state == "unroutable" and taken:
-                message.state = "routed"
+            if message.state == UNROUTABLE and taken:
+                message.state = ROUTED
         session.commit()
     return sorted(resumed)

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.hl7.facts import RoutingFacts
 from pipeline.ledger.models import Event, Message
-from pipeline.ledger.states import EVENT_KINDS
+from pipeline.ledger.states import EVENT_KINDS, HELD, RECEIVED
 from pipeline.ledger.storage import StorageCipher
 from pipeline.reading import ReadResult, read_again
 
@@ -167,7 +167,7 @@ def _record_group(
         revision = revisions[-1].revision + 1 if revisions else 1
         status = CONFLICT if revisions else NEW
         row = _Row(key[0], key[1], revision, digest)
-        state = "held" if status == CONFLICT or item.hold else "received"
+        state = HELD if status == CONFLICT or item.hold else RECEIVED
         values.append(_message_values(item, digest, revision, state, cipher, now))
         inserted.append(row)
         outcomes.append((item, row, status))
