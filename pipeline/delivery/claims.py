@@ -23,9 +23,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from pipeline.db import begin_write
 from pipeline.ledger.models import Delivery
-from pipeline.ledger.states import (
-    OPEN_STATES,
-)
+from pipeline.ledger.states import OPEN_STATES
 from pipeline.logsafe import log_failure
 
 logger = logging.getLogger(__name__)

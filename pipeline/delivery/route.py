@@ -39,12 +39,7 @@ from pipeline.hl7.facts import RoutingFacts
 from pipeline.hl7.participants import PATIENT, Participant
 from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Delivery, Message
-from pipeline.ledger.states import (
-    PENDING,
-    RECEIVED,
-    ROUTED,
-    UNROUTABLE,
-)
+from pipeline.ledger.states import PENDING, RECEIVED, ROUTED, UNROUTABLE
 from pipeline.recipients.identifiers import BlindIndex
 from pipeline.recipients.models import Recipient
 from pipeline.recipients.routing import RoutedRecipient, route_many

@@ -32,9 +32,7 @@ from pipeline.hl7.documents import extract_documents, message_charset, mime_char
 from pipeline.hprim.intake import HprimResult
 from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Delivery, Message
-from pipeline.ledger.states import (
-    OPEN_STATES,
-)
+from pipeline.ledger.states import OPEN_STATES
 from pipeline.ledger.storage import is_sealed
 from pipeline.recipients.models import Recipient
 from pipeline.sealing.content import HPRIM_EXTENSION, HPRIM_TYPE, ResultSummary, build_content
