@@ -59,9 +59,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.closing import Closing
 from pipeline.db import make_engine, migrate, safe_url, session_factory
-from pipeline.delivery import dispatch, intake
+from pipeline.delivery import deliver, intake, record
 from pipeline.delivery.record import NEW
-from pipeline.delivery.routing import route_message
+from pipeline.delivery.route import route_message
 from pipeline.delivery.services import DeliveryServices, SignerRegistry
 from pipeline.hl7.intake import read_results
 from pipeline.ledger.models import Delivery, Message
@@ -487,8 +487,8 @@ def run_database(
         ):
             intake_phase = run_intake(sessions, services, work, watch)
         with (
-            wrapped(dispatch, "read_again", timed(read_again, watch, HL7)),
-            wrapped(dispatch, "seal_delivery", timed(dispatch.seal_delivery, watch, SEAL)),
+            wrapped(record, "read_again", timed(read_again, watch, HL7)),
+            wrapped(deliver, "seal_delivery", timed(deliver.seal_delivery, watch, SEAL)),
         ):
             dispatch_phase, passes, states = run_dispatch(sessions, services, limit, watch)
         services.close()
@@ -534,7 +534,7 @@ def run_dispatch(
     passes = 0
     cpu, start = time.process_time(), time.perf_counter()
     while True:
-        done = dispatch.dispatch_due(sessions, services, limit=limit)
+        done = deliver.dispatch_due(sessions, services, limit=limit)
         if not done.handled:
             break
         passes += 1

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from pipeline.db import open_database
+from pipeline.identifiers import RPPS, Identifier
 from pipeline.recipients.directory_csv import import_directory
-from pipeline.recipients.identifiers import RPPS, Identifier
 from pipeline.recipients.resolve import resolve_many
 from pipeline.settings import Settings
 from workers.bench.scratch import postgres_database

@@ -7,7 +7,7 @@ embedded Redis server is started on first use (`workers.broker`).
 Why these settings:
 - `task_acks_late` + `task_reject_on_worker_lost`: a task is removed from the broker only
   once it ran; a worker killed mid-batch leaves it to be delivered again. That is safe
-  because every stage is idempotent (`pipeline.delivery.stages`), and attempts are counted
+  because every step is idempotent (`pipeline.delivery.claims`), and attempts are counted
   in the ledger, never by the broker.
 - `worker_prefetch_multiplier=1`: a task carries a batch already; prefetching more would
   park batches behind a slow one (and behind a dead relay's timeouts).

@@ -26,7 +26,7 @@ from pipeline.closing import Closing
 from pipeline.errors import LabdispatchError
 from pipeline.ledger.files import private_file
 from pipeline.ledger.models import Delivery, Message
-from pipeline.ledger.states import OPEN_STATES
+from pipeline.ledger.states import OPEN_STATES, RECEIVED
 
 STOP_TIMEOUT = 15.0
 
@@ -177,7 +177,7 @@ class Stack(Closing):
 def has_open_work(session: Session) -> bool:
     """Is a message not yet routed, or a delivery still waiting for work from us? (EXISTS,
     not a count: it is asked every second of a long run, and stops at the first row.)"""
-    unrouted = select(Message.id).where(Message.state == "received").exists()
+    unrouted = select(Message.id).where(Message.state == RECEIVED).exists()
     waiting = select(Delivery.id).where(Delivery.state.in_(OPEN_STATES)).exists()
     return bool(session.scalar(select(or_(unrouted, waiting))))
 

@@ -16,10 +16,10 @@ from datetime import timedelta
 
 from celery.signals import worker_process_shutdown
 
-from pipeline.delivery.deliver import deliver_stage
-from pipeline.delivery.receipts import collect_receipts
+from pipeline.delivery.deliver import deliver_stage, send_stage
 from pipeline.delivery.reconcile import resume_unroutable, stalled_work
-from pipeline.delivery.stages import seal_stage, send_stage
+from pipeline.delivery.seal import seal_stage
+from pipeline.receipts.record import collect_receipts
 from pipeline.receipts.sources import report_source
 from workers.celery_app import (
     PRIORITY_SUFFIXES,

@@ -9,8 +9,8 @@ another reason tried again item by item so one bad message turns no other away. 
 hands over what arrived together (`accept_batch`) so one transaction covers many messages.
 Refused messages are kept in quarantine (`Rejection`) with the reason their ACK gave, for
 the laboratory and ops to see.
-Routing is the next stage (`pipeline.delivery.stages`), run by workers; `accept_bytes`
-routes at once for the one-process `deliver` command.
+Routing is the next step (`pipeline.delivery.deliver`, one pass per batch), run by
+workers; `accept_bytes` routes at once for the one-process `deliver` command.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from pipeline.db import begin_write
 from pipeline.delivery.record import NEW, Recorded, ToRecord, record_messages
-from pipeline.delivery.routing import RouteReport, route_message
+from pipeline.delivery.route import RouteReport, route_message
 from pipeline.delivery.services import DeliveryServices
 from pipeline.hl7.errors import NotHL7
 from pipeline.hl7.intake import CharsetLookup, IntakeResult, unavailable_ack

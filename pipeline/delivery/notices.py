@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from pipeline.hl7.participants import PATIENT
 from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Delivery
+from pipeline.ledger.states import FAILED
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -34,7 +35,7 @@ def give_up(
 ) -> None:
     """Fail a delivery with the reason and tell its laboratory (`notices_dir` None: tests
     and tools that keep no notices). The caller commits."""
-    delivery.state = "failed"
+    delivery.state = FAILED
     delivery.failed_at = now
     delivery.updated_at = now
     delivery.next_attempt_at = None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert, update
@@ -24,12 +24,12 @@ from sqlalchemy.orm import Session
 
 from pipeline.db import begin_write
 from pipeline.delivery.circuits import save_circuits
-from pipeline.delivery.dispatch import _wait_for_circuit
 from pipeline.delivery.notices import give_up
 from pipeline.delivery.send import SENT, UNOPENABLE, UNSENT, WAITING, Prepared, Sent
 from pipeline.delivery.services import DeliveryServices
+from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Attempt, Delivery, Event
-from pipeline.ledger.states import ACCEPTED, DELIVERED, EVENT_KINDS, FAILED, RETRYING
+from pipeline.ledger.states import ACCEPTED, DELIVERED, EVENT_KINDS, FAILED, PENDING, RETRYING
 from pipeline.transports.base import Outcome
 
 UNOPENED_ADDRESS = (
@@ -183,7 +183,7 @@ def _record_rare(session: Session, sent: Sent, services: DeliveryServices) -> st
         return delivery.state
     if sent.fate == WAITING:
         delivery.envelope = item.envelope  # it must be sent again: the same bytes
-        return _wait_for_circuit(session, delivery, sent.destination, services)
+        return wait_for_circuit(session, delivery, sent.destination, services)
     result, started, finished = sent.result, sent.started, sent.finished
     assert result is not None and started is not None and finished is not None
     delivery.attempts += 1
@@ -196,3 +196,45 @@ def _record_rare(session: Session, sent: Sent, services: DeliveryServices) -> st
     )
     give_up(session, delivery, reason, finished, services.notices_dir)
     return FAILED
+
+
+#: Appended to the last real error while a delivery waits for its destination's circuit.
+_CIRCUIT_OPEN = " [destination unavailable: circuit open, waiting for it to come back]"
+
+
+def wait_for_circuit(
+    session: Session, delivery: Delivery, destination: str, services: DeliveryServices
+) -> str:
+    """Reschedule a delivery whose destination's circuit is open, without trying it and
+    without spending an attempt; past the channel's maximum age it is given up."""
+    now = services.clock()
+    policy = services.policy(delivery.channel_kind or "")
+    if now - (delivery.first_attempt_at or delivery.created_at) >= policy.max_age:
+        give_up(
+            session,
+            delivery,
+            f"gave up: {destination} kept failing for {policy.max_age} "
+            f"(last error: {delivery.last_error.removesuffix(_CIRCUIT_OPEN) or 'none recorded'})",
+            now,
+            services.notices_dir,
+        )
+        return delivery.state
+    reopen = services.breaker.open_until(destination) or now
+    jitter = timedelta(seconds=services.rng.uniform(0, 5))
+    delivery.next_attempt_at = max(reopen, now) + jitter
+    delivery.updated_at = now
+    if delivery.state == PENDING and delivery.attempts:
+        delivery.state = RETRYING
+    if not delivery.last_error.endswith(_CIRCUIT_OPEN):
+        # One event when it starts waiting, not one per sweep while the circuit stays open.
+        record_event(
+            session,
+            delivery.message,
+            "retried",
+            f"not tried: {destination} failed repeatedly (circuit open); next try after "
+            f"{delivery.next_attempt_at.isoformat(timespec='seconds')}",
+            now,
+            delivery,
+        )
+        delivery.last_error += _CIRCUIT_OPEN
+    return delivery.state

@@ -24,12 +24,12 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.db import begin_write
-from pipeline.delivery.record import read_recorded
-from pipeline.delivery.routing import delivery_ids_for, shown_identifier
+from pipeline.delivery.record import load_stored
+from pipeline.delivery.route import deliverable, shown_identifier
 from pipeline.delivery.services import DeliveryServices
 from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Delivery, Message
-from pipeline.ledger.states import OPEN_STATES
+from pipeline.ledger.states import HELD, OPEN_STATES, RECEIVED, ROUTED, UNROUTABLE
 from pipeline.recipients.models import Recipient
 from pipeline.recipients.routing import route
 
@@ -69,7 +69,7 @@ def stalled_work(
             work.route = list(
                 session.scalars(
                     select(Message.id)
-                    .where(Message.state == "received", Message.received_at < stale)
+                    .where(Message.state == RECEIVED, Message.received_at < stale)
                     .order_by(Message.id)
                     .limit(limit)
                 )
@@ -137,7 +137,7 @@ def resume_unroutable(
         begin_write(session)
         parked = session.scalars(
             select(Delivery)
-            .where(Delivery.state == "unroutable")
+            .where(Delivery.state == UNROUTABLE)
             .order_by(Delivery.updated_at, Delivery.id)
             .limit(limit)
         ).all()
@@ -147,12 +147,12 @@ def resume_unroutable(
             by_message.setdefault(unroutable.message_id, []).append(unroutable)
         for message_id, waiting in by_message.items():
             message = session.get_one(Message, message_id)
-            if message.state == "held":
+            if message.state == HELD:
                 continue
-            result = read_recorded(message, services.cipher)
+            result = load_stored(message, services.cipher).result
             if result.facts is None:
                 continue
-            taken = {d.recipient_key for d in message.deliveries if d.state != "unroutable"}
+            taken = {d.recipient_key for d in message.deliveries if d.state != UNROUTABLE}
             answers = route(session, result.facts, blind_index=services.cipher)
             for answer in answers:
                 resolution = answer.resolution
@@ -166,18 +166,12 @@ def resume_unroutable(
                 if parked_delivery is None:
                     continue
                 recipient = session.scalars(select(Recipient).where(Recipient.key == key)).one()
-                kind, _, address = resolution.channels[0].partition(":")
-                message_id_header, envelope_id = delivery_ids_for(
-                    message, key, kind, address, services.mail_domain
+                columns = deliverable(
+                    message, recipient, resolution.channels[0], services.mail_domain
                 )
-                parked_delivery.recipient_id = recipient.id
-                parked_delivery.recipient_key = key
-                parked_delivery.channel_kind = kind
-                parked_delivery.channel_address = address
-                parked_delivery.envelope_message_id = message_id_header
-                parked_delivery.envelope_id = envelope_id
-                parked_delivery.state = "pending"
-                parked_delivery.last_error = ""
+                for column, value in columns.items():
+                    setattr(parked_delivery, column, value)
+                kind = parked_delivery.channel_kind
                 parked_delivery.queued_at = now
                 record_event(
                     session,
@@ -190,7 +184,7 @@ def resume_unroutable(
                 taken.add(key)
                 waiting.remove(parked_delivery)
                 resumed.append(parked_delivery.id)
-            if message.state == "unroutable" and taken:
-                message.state = "routed"
+            if message.state == UNROUTABLE and taken:
+                message.state = ROUTED
         session.commit()
     return sorted(resumed)

@@ -5,6 +5,9 @@ resend (an LIS that lost our ACK sends again): it is recorded as a duplicate on 
 original and nothing new is delivered. The same key with different bytes is not something
 we may guess about (a correction should carry a new control ID): it is kept as the next
 revision, held for a person to review, and not delivered.
+
+`load_stored` is the one loader of a recorded result (decrypted, read again as at intake):
+route, seal, reconcile and the one pass all call it, so a stored result is read one way.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.hl7.facts import RoutingFacts
 from pipeline.ledger.models import Event, Message
-from pipeline.ledger.states import EVENT_KINDS
+from pipeline.ledger.states import EVENT_KINDS, HELD, RECEIVED
 from pipeline.ledger.storage import StorageCipher
 from pipeline.reading import ReadResult, read_again
 
@@ -164,7 +167,7 @@ def _record_group(
         revision = revisions[-1].revision + 1 if revisions else 1
         status = CONFLICT if revisions else NEW
         row = _Row(key[0], key[1], revision, digest)
-        state = "held" if status == CONFLICT or item.hold else "received"
+        state = HELD if status == CONFLICT or item.hold else RECEIVED
         values.append(_message_values(item, digest, revision, state, cipher, now))
         inserted.append(row)
         outcomes.append((item, row, status))
@@ -264,11 +267,6 @@ def read_stored(message: Message, cipher: StorageCipher) -> bytes:
         message.storage_key_id,
         storage_context(message.laboratory, message.control_id, message.revision),
     )
-
-
-def read_recorded(message: Message, cipher: StorageCipher) -> ReadResult:
-    """A recorded result read again, in the format and character set of its intake."""
-    return load_stored(message, cipher).result
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from pipeline.delivery.trace import unknown_message
 from pipeline.errors import LabdispatchError
 from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Delivery, Message
+from pipeline.ledger.states import FAILED, PENDING
 from pipeline.recipients.models import Recipient
 from pipeline.sealing.keys import recipient_certificate
 from pipeline.sealing.smime import sealed_for
@@ -65,11 +66,11 @@ def replay(
         if not deliveries:
             raise UnknownDelivery(f"message {message_id} has no delivery {delivery_id}")
         (delivery,) = deliveries
-        if delivery.state != "failed":
+        if delivery.state != FAILED:
             raise ReplayRefused(
                 f"delivery {delivery.id} is {delivery.state}, not failed: nothing to replay"
             )
-    failed = [delivery for delivery in deliveries if delivery.state == "failed"]
+    failed = [delivery for delivery in deliveries if delivery.state == FAILED]
     if not failed:
         raise ReplayRefused(f"message {message_id} has no failed delivery: nothing to replay")
     for delivery in failed:
@@ -95,7 +96,7 @@ def _reopen(
         delivery.sealed_at = None
     else:
         then = "to be sealed"
-    delivery.state = "pending"
+    delivery.state = PENDING
     delivery.attempts = 0
     delivery.first_attempt_at = None
     delivery.failed_at = None

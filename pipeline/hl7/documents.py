@@ -18,9 +18,22 @@ import re
 from dataclasses import dataclass
 
 from pipeline.hl7.errors import InvalidValue, Location
-from pipeline.hl7.facts import ED_MIME_TYPES
 from pipeline.hl7.parse import Hl7Message
 from pipeline.hl7.segments import Delimiters, Segment, component_value, unescape
+
+#: ED (OBX-5) type and subtype → media type; read by `facts` (the document list in the
+#: ACK and the ledger) and here (the attachment), so both name a document alike.
+ED_MIME_TYPES = {
+    ("APPLICATION", "PDF"): "application/pdf",
+    ("AP", "PDF"): "application/pdf",
+    ("TEXT", "XML"): "text/xml",
+    ("TEXT", "HTML"): "text/html",
+    ("TEXT", "RTF"): "text/rtf",
+    ("TEXT", ""): "text/plain",
+    ("IMAGE", "JPEG"): "image/jpeg",
+    ("IMAGE", "PNG"): "image/png",
+    ("IMAGE", "TIFF"): "image/tiff",
+}
 
 #: File name extensions for the types labs send; anything else ends in `.bin` unless its
 #: MIME subtype is itself a plain short word (`audio/ogg` → `.ogg`).

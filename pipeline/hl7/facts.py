@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.hl7 import reference
+from pipeline.hl7.documents import ED_MIME_TYPES, decode_ed
 from pipeline.hl7.errors import IntakeError
 from pipeline.hl7.parse import Hl7Message
 from pipeline.hl7.participants import Participant, extract_participants
 from pipeline.hl7.segments import Segment, component_value
-from pipeline.recipients.identifiers import Identifier, normalise_identifier
+from pipeline.identifiers import Identifier, normalise_identifier
 
 #: OBR-25 (table 0123) and OBX-11 (table 0085) codes, in the words labs and clinicians use.
 STATUS_WORDS = {
@@ -47,18 +48,6 @@ STATUS_PRECEDENCE = (
 )
 #: ORC-1 order control codes that withdraw what was sent before.
 CANCEL_CONTROLS = frozenset({"CA", "OC", "DC", "CR"})
-
-ED_MIME_TYPES = {
-    ("APPLICATION", "PDF"): "application/pdf",
-    ("AP", "PDF"): "application/pdf",
-    ("TEXT", "XML"): "text/xml",
-    ("TEXT", "HTML"): "text/html",
-    ("TEXT", "RTF"): "text/rtf",
-    ("TEXT", ""): "text/plain",
-    ("IMAGE", "JPEG"): "image/jpeg",
-    ("IMAGE", "PNG"): "image/png",
-    ("IMAGE", "TIFF"): "image/tiff",
-}
 
 
 @dataclass(frozen=True)
@@ -179,10 +168,7 @@ def _document(obx: Segment, order: int, message: Hl7Message) -> Document:
     # Decoded now so that a document which cannot be read is reported in the ACK (a
     # warning naming OBX[n]-5), not discovered at sealing. It is not refused: the result's
     # values still matter to the clinician, and the lab's bytes travel whole inside the HL7
-    # file (the national ANS samples carry such truncated mail bodies). Imported here:
-    # `documents` builds on this module.
-    from pipeline.hl7.documents import decode_ed
-
+    # file (the national ANS samples carry such truncated mail bodies).
     problem = ""
     try:
         size = len(decode_ed(obx, message.charset))

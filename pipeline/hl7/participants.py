@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from pipeline.hl7.parse import Hl7Message
 from pipeline.hl7.segments import Delimiters, Segment, component_value
-from pipeline.recipients.identifiers import INS, LOCAL, Identifier, normalise_identifier
+from pipeline.identifiers import INS, LOCAL, Identifier, normalise_identifier
 
 ORDERING = "ordering"
 COPY_TO = "copy_to"

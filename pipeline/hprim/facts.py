@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline.hl7.participants import NO_IDENTIFIER, Participant
-from pipeline.recipients.identifiers import Identifier, normalise_identifier
+from pipeline.identifiers import Identifier, normalise_identifier
 
 #: The role of whoever the file's header names as its receiver (HPRIM Santé H-10,
 #: HPRIM Médecins line 12), beside the HL7 roles (ordering, copy_to, referring, patient).

@@ -28,7 +28,7 @@ from pipeline.hprim.errors import (
 from pipeline.hprim.facts import FORMAT_MEDECINS, RECEIVER, People
 from pipeline.hprim.text import UTF8_BOM, CharsetLookup, Line, decode, split_lines
 from pipeline.hprim.text import control_part as part
-from pipeline.recipients.identifiers import normalise_identifier
+from pipeline.identifiers import normalise_identifier
 
 LAB = "****LAB****"
 FIN = "****FIN****"

@@ -34,7 +34,7 @@ from pipeline.hprim.facts import COPY_TO, FORMAT_SANTE, RECEIVER, People
 from pipeline.hprim.records import Delimiters, Record
 from pipeline.hprim.text import UTF8_BOM, CharsetLookup, Line, decode, split_lines
 from pipeline.hprim.text import control_part as part
-from pipeline.recipients.identifiers import Identifier, normalise_identifier
+from pipeline.identifiers import Identifier, normalise_identifier
 
 RECORD_TYPES = frozenset({"H", "P", "OBR", "OBX", "C", "A", "L"})
 _RECORD_NAME = re.compile(r"[A-Z][A-Z0-9]{0,2}")

@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Mapper, mapped_column, relationship
 
 from pipeline.db import Base, UTCDateTime, utcnow
+from pipeline.hl7.limits import CONTROL_ID_MAX_CHARACTERS, SENDER_MAX_CHARACTERS
 from pipeline.ledger.states import DELIVERY_STATES, MESSAGE_STATES
 
 
@@ -51,9 +52,9 @@ class Message(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     #: MSH-4 (sending facility namespace): the laboratory, as routing and billing know it.
-    laboratory: Mapped[str] = mapped_column(String(64))
+    laboratory: Mapped[str] = mapped_column(String(SENDER_MAX_CHARACTERS))
     #: MSH-10.
-    control_id: Mapped[str] = mapped_column(String(199))
+    control_id: Mapped[str] = mapped_column(String(CONTROL_ID_MAX_CHARACTERS))
     revision: Mapped[int] = mapped_column(default=1)
     state: Mapped[str] = mapped_column(String(16))
     #: Lowercase hex SHA-256 of the message bytes: tells a resend from a changed message.
@@ -125,7 +126,7 @@ class Delivery(Base):
     #: The message's laboratory and `received_at`, copied here when the delivery is made
     #: (they never change): statistics attribute a delivery to the period its result was
     #: received in, and read a month of deliveries without joining millions of messages.
-    laboratory: Mapped[str] = mapped_column(String(64))
+    laboratory: Mapped[str] = mapped_column(String(SENDER_MAX_CHARACTERS))
     message_received_at: Mapped[datetime] = mapped_column(UTCDateTime())
     #: NULL while unroutable (the directory does not know who `wanted` is).
     recipient_id: Mapped[int | None] = mapped_column(
@@ -256,8 +257,8 @@ class Rejection(Base):
     source: Mapped[str] = mapped_column(String(16))
     source_name: Mapped[str] = mapped_column(String(500), default="")
     #: MSH-4 and MSH-10 when the header was readable, else empty.
-    laboratory: Mapped[str] = mapped_column(String(64), default="")
-    control_id: Mapped[str] = mapped_column(String(199), default="")
+    laboratory: Mapped[str] = mapped_column(String(SENDER_MAX_CHARACTERS), default="")
+    control_id: Mapped[str] = mapped_column(String(CONTROL_ID_MAX_CHARACTERS), default="")
     #: AE / AR, the error class and its HL7 table 0357 code, and the reason in words.
     ack_code: Mapped[str] = mapped_column(String(2))
     error: Mapped[str] = mapped_column(String(64))

@@ -12,4 +12,7 @@ return mailbox (auto-replies, spam, truncated bounces), and none of it may stop 
 - `sources`: where the bytes come from (a Maildir, an IMAP mailbox), read at least once: a
   report is marked done only after the ledger recorded it, and the ledger de-duplicates by
   the report's own Message-ID.
+- `record`: a report recorded in the ledger and applied to its delivery. It builds on the
+  delivery steps (a failure report fails the delivery through `pipeline.delivery.notices`,
+  the one failure path); `pipeline.delivery` never imports this package (import-linter).
 """

@@ -59,6 +59,17 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy.orm import Session
 
+from pipeline.identifiers import (
+    ADELI,
+    FINESS,
+    INS,
+    NATIONAL_TYPES,
+    RPPS,
+    SIREN,
+    SIRET,
+    Identifier,
+    parse_identifier_text,
+)
 from pipeline.recipients.directory_store import (
     CertificateData,
     ImportReport,
@@ -67,20 +78,7 @@ from pipeline.recipients.directory_store import (
     write_plans,
 )
 from pipeline.recipients.errors import UnreadableDirectoryFile
-from pipeline.recipients.identifiers import (
-    ADELI,
-    FINESS,
-    INS,
-    NATIONAL_TYPES,
-    RPPS,
-    SIREN,
-    SIRET,
-    DirectoryKey,
-    Identifier,
-    address_context,
-    parse_identifier_text,
-    stored_form,
-)
+from pipeline.recipients.identifiers import DirectoryKey, address_context, stored_form
 from pipeline.recipients.models import CHANNEL_KINDS, RECIPIENT_KINDS
 
 __all__ = ["ImportReport", "RowError", "UnreadableDirectoryFile", "import_directory"]

@@ -21,7 +21,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from pipeline.db import first_line, utcnow
-from pipeline.recipients.identifiers import Identifier
+from pipeline.identifiers import Identifier
 from pipeline.recipients.models import (
     Certificate,
     Channel,

@@ -21,7 +21,8 @@ from typing import TypeVar
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from pipeline.recipients.identifiers import PRIVATE_TYPES, BlindIndex, Identifier, blind_forms
+from pipeline.identifiers import PRIVATE_TYPES, Identifier
+from pipeline.recipients.identifiers import BlindIndex, blind_forms
 from pipeline.recipients.models import Laboratory, LocalCode, Recipient, RecipientIdentifier
 
 #: Values per IN list: well under every engine's bound-parameter limit.

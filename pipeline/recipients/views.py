@@ -16,14 +16,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from pipeline.db import utcnow
+from pipeline.identifiers import PRIVATE_TYPES, parse_identifier_text
 from pipeline.jsonable import jsonable
 from pipeline.recipients.errors import UnknownRecipient
-from pipeline.recipients.identifiers import (
-    PRIVATE_TYPES,
-    BlindIndex,
-    blind_forms,
-    parse_identifier_text,
-)
+from pipeline.recipients.identifiers import BlindIndex, blind_forms
 from pipeline.recipients.models import (
     Laboratory,
     LocalCode,

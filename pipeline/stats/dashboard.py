@@ -41,7 +41,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from pipeline.hprim.facts import FORMAT_MEDECINS, FORMAT_SANTE
 from pipeline.ledger.models import Delivery, Message, Rejection
-from pipeline.ledger.states import DELIVERY_STATES, OPEN_STATES
+from pipeline.ledger.states import DELIVERY_STATES, OPEN_STATES, RECEIVED
 from pipeline.reading import HL7V2
 from pipeline.stats.adoption import directory_adoption
 from pipeline.stats.period import day_period
@@ -229,11 +229,11 @@ def received_by_format(session: Session, now: datetime) -> dict[str, int]:
 
 def stages(session: Session, now: datetime) -> tuple[Stage, ...]:
     route_count = session.scalar(
-        select(func.count()).select_from(Message).where(Message.state == "received")
+        select(func.count()).select_from(Message).where(Message.state == RECEIVED)
     )
     route_oldest = session.scalar(
         select(Message.received_at)
-        .where(Message.state == "received")
+        .where(Message.state == RECEIVED)
         .order_by(Message.received_at)
         .limit(1)
     )

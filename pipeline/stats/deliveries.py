@@ -69,6 +69,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from pipeline.errors import LabdispatchError
 from pipeline.ledger.models import Delivery, Event, Message, Rejection
+from pipeline.ledger.states import ACCEPTED, DELIVERED, FAILED, READ, UNROUTABLE
 from pipeline.stats.period import Period, check_span
 from pipeline.stats.sql import (
     bucket_label,
@@ -81,7 +82,7 @@ from pipeline.stats.sql import (
 
 GROUPINGS = ("day", "month", "channel", "recipient", "format")
 #: Delivery states that mean the recipient's side has it.
-HANDED_OVER = ("accepted", "delivered", "read")
+HANDED_OVER = (ACCEPTED, DELIVERED, READ)
 
 
 class StatsError(LabdispatchError):
@@ -186,10 +187,10 @@ def _delivery_stats(
         columns: list[Any] = [
             Delivery.laboratory,
             group,
-            _count(Delivery.state == "unroutable"),
+            _count(Delivery.state == UNROUTABLE),
             _count(Delivery.state.in_(HANDED_OVER)),
-            _count(Delivery.state == "read"),
-            _count(Delivery.state == "failed"),
+            _count(Delivery.state == READ),
+            _count(Delivery.state == FAILED),
             func.coalesce(
                 func.sum(case((Delivery.attempts > 1, Delivery.attempts - 1), else_=0)), 0
             ),

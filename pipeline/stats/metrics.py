@@ -48,6 +48,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from pipeline.delivery.circuits import CircuitReport, read_circuits
 from pipeline.ledger.models import Delivery, Event, Message, Rejection
+from pipeline.ledger.states import RETRYING
 from pipeline.recipients.models import CHANNEL_KINDS, Certificate, Channel, Laboratory
 from pipeline.settings import SigningSettings
 from pipeline.stats.dashboard import Stage, stages
@@ -476,7 +477,7 @@ def retry_backlog(session: Session, now: datetime) -> dict[str, RetryBacklog]:
             func.count(),
             func.sum(case((Delivery.next_attempt_at <= now, 1), else_=0)),
         )
-        .where(Delivery.state == "retrying")
+        .where(Delivery.state == RETRYING)
         .group_by(Delivery.channel_kind)
     ):
         backlog[kind or ""] = RetryBacklog(retrying, int(due or 0))

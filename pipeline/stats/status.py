@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pipeline.ledger.models import Delivery, Message, Rejection
-from pipeline.ledger.states import DELIVERY_STATES, MESSAGE_STATES, OPEN_STATES
+from pipeline.ledger.states import DELIVERY_STATES, MESSAGE_STATES, OPEN_STATES, RECEIVED, RETRYING
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,10 @@ def ledger_status(session: Session, now: datetime) -> LedgerStatus:
         select(func.min(Delivery.created_at)).where(Delivery.state.in_(OPEN_STATES))
     )
     oldest_unrouted = session.scalar(
-        select(func.min(Message.received_at)).where(Message.state == "received")
+        select(func.min(Message.received_at)).where(Message.state == RECEIVED)
     )
     next_retry = session.scalar(
-        select(func.min(Delivery.next_attempt_at)).where(Delivery.state == "retrying")
+        select(func.min(Delivery.next_attempt_at)).where(Delivery.state == RETRYING)
     )
     return LedgerStatus(
         messages=messages,

@@ -175,7 +175,7 @@ def test_an_internal_error_is_logged_as_one_line_without_traceback_or_data() -> 
         "try:\n"
         "    raise RuntimeError('DUPONT Hélène K+ 5.9')\n"
         "except RuntimeError:\n"
-        "    logging.getLogger('pipeline.delivery.dispatch').exception("
+        "    logging.getLogger('pipeline.delivery.deliver').exception("
         "'sending delivery %s failed', 7)\n"
     )
     done = subprocess.run(

@@ -26,7 +26,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, func, select
 
-from pipeline.delivery.stages import COMMIT_EVERY
+from pipeline.delivery.deliver import COMMIT_EVERY
 from pipeline.ledger.models import Event, Message, Rejection
 from tests.conftest import scratch_postgres
 from tests.workers.stack_fixtures import FAST_SETTINGS, FaultStack, PrivateRedis, wait_for

@@ -18,8 +18,8 @@ from pipeline.errors import LabdispatchError
 from pipeline.hl7.documents import extract_documents
 from pipeline.hl7.intake import read_results
 from pipeline.hl7.participants import COPY_TO, ORDERING
+from pipeline.identifiers import RPPS
 from pipeline.recipients.directory_csv import import_directory
-from pipeline.recipients.identifiers import RPPS
 from pipeline.recipients.models import Recipient
 from pipeline.recipients.routing import route
 from pipeline.sealing.demo_pki import DemoPki

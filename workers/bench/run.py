@@ -45,6 +45,7 @@ from pipeline.closing import Closing
 from pipeline.db import open_database
 from pipeline.errors import ConfigurationError
 from pipeline.ledger.models import Delivery, Message
+from pipeline.ledger.states import ACCEPTED
 from pipeline.settings import PREFIX, Settings
 from workers.bench import pgwrites
 from workers.bench.floor import Floor, measure_floor
@@ -770,7 +771,7 @@ def _count_deliveries(sessions: sessionmaker[Session], *, finished: bool = False
     with sessions() as session:
         query = select(func.count()).select_from(Delivery)
         if finished:
-            query = query.where(Delivery.state == "accepted")  # the state index answers
+            query = query.where(Delivery.state == ACCEPTED)  # the state index answers
         return int(session.scalar(query) or 0)
 
 

@@ -15,10 +15,11 @@ from typing import Any
 from sqlalchemy import select
 
 from pipeline.db import open_database
-from pipeline.delivery.dispatch import DispatchReport, dispatch_due
+from pipeline.delivery.deliver import DispatchReport, dispatch_due
 from pipeline.delivery.intake import Answer, accept_bytes
 from pipeline.delivery.services import DeliveryServices
 from pipeline.ledger.models import Delivery
+from pipeline.ledger.states import FAILED, UNROUTABLE
 from pipeline.settings import Settings
 from workers.commands.hl7_files import EXIT_UNREADABLE, add_files_argument, read_file
 
@@ -87,7 +88,7 @@ def run_deliver(args: argparse.Namespace) -> int:
         ).all()
         for delivery in deliveries:
             print(_delivery_line(delivery))
-            if delivery.state in ("failed", "unroutable"):
+            if delivery.state in (FAILED, UNROUTABLE):
                 status = max(status, EXIT_PROBLEM)
     return status
 
@@ -98,7 +99,7 @@ def run_dispatch(args: argparse.Namespace) -> int:
     with DeliveryServices.from_settings(settings) as services:
         report = dispatch_due(sessions, services, limit=args.limit)
     print(_summary(report))
-    return EXIT_PROBLEM if report.states.get("failed") else EXIT_OK
+    return EXIT_PROBLEM if report.states.get(FAILED) else EXIT_OK
 
 
 def _describe(path: Path, item: Answer) -> str:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.db import open_database
-from pipeline.delivery.receipts import collect_receipts
 from pipeline.delivery.services import utc_now
+from pipeline.receipts.record import collect_receipts
 from pipeline.receipts.sources import report_source
 from pipeline.settings import Settings
 

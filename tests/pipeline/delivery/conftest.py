@@ -15,8 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.db import migrate, session_factory
 from pipeline.delivery.intake import Inbound, accept_batch
+from pipeline.delivery.route import route_stage
+from pipeline.delivery.seal import seal_stage
 from pipeline.delivery.services import DeliveryServices, SignerRegistry
-from pipeline.delivery.stages import route_stage, seal_stage
 from pipeline.ledger.storage import StorageCipher
 from pipeline.recipients.directory_csv import import_directory
 from pipeline.sealing.demo_pki import DemoPki, create_demo_pki

@@ -11,8 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.delivery.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from pipeline.delivery.deliver import send_stage
 from pipeline.delivery.services import DeliveryServices
-from pipeline.delivery.stages import send_stage
 from pipeline.ledger.models import Attempt, Delivery, Event
 from pipeline.transports.base import Envelope, Outcome, SendResult
 from pipeline.transports.retry import RetryPolicy

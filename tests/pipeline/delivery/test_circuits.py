@@ -10,9 +10,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.delivery.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, Transition
 from pipeline.delivery.circuits import read_circuits, save_circuits, save_transitions
-from pipeline.delivery.dispatch import dispatch_due
+from pipeline.delivery.deliver import dispatch_due, send_stage
 from pipeline.delivery.services import DeliveryServices
-from pipeline.delivery.stages import send_stage
 from pipeline.ledger.models import Attempt, Circuit
 from pipeline.transports.base import Outcome
 from pipeline.transports.retry import RetryPolicy

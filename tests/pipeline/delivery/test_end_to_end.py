@@ -12,12 +12,12 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.delivery.dispatch import dispatch_due
+from pipeline.delivery.deliver import dispatch_due
 from pipeline.delivery.intake import accept_bytes
-from pipeline.delivery.receipts import collect_receipts
 from pipeline.delivery.services import DeliveryServices
 from pipeline.delivery.trace import render_trace, trace_result
 from pipeline.ledger.models import Delivery
+from pipeline.receipts.record import collect_receipts
 from pipeline.receipts.sources import MaildirSource
 from pipeline.sealing.demo_pki import DemoPki
 from tests.pipeline.delivery.conftest import (

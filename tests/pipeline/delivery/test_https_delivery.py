@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.delivery.dispatch import dispatch_due
+from pipeline.delivery.deliver import dispatch_due
 from pipeline.delivery.intake import accept_bytes
 from pipeline.delivery.services import DeliveryServices
 from pipeline.ledger.models import Delivery

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.delivery.dispatch import dispatch_due
+from pipeline.delivery.deliver import dispatch_due, send_stage
+from pipeline.delivery.route import route_stage
+from pipeline.delivery.seal import seal_stage
 from pipeline.delivery.services import DeliveryServices, SignerRegistry
-from pipeline.delivery.stages import route_stage, seal_stage, send_stage
 from pipeline.sealing.keys import Signer
 from pipeline.transports.base import Envelope, SendResult
 from pipeline.transports.mailbox import MailboxTransport

@@ -7,9 +7,10 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.delivery.dispatch import send_delivery
+from pipeline.delivery.deliver import send_delivery, send_stage
+from pipeline.delivery.route import route_stage
+from pipeline.delivery.seal import seal_stage
 from pipeline.delivery.services import DeliveryServices
-from pipeline.delivery.stages import route_stage, seal_stage, send_stage
 from pipeline.ledger.models import Delivery, Event
 from tests.pipeline.delivery.conftest import (
     ADAM,

@@ -16,11 +16,13 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.db import all_metadata, migrate, session_factory
-from pipeline.delivery.receipts import record_report
+from pipeline.delivery.deliver import send_stage
+from pipeline.delivery.route import route_stage
+from pipeline.delivery.seal import seal_stage
 from pipeline.delivery.services import DeliveryServices
-from pipeline.delivery.stages import route_stage, seal_stage, send_stage
 from pipeline.ledger.models import Delivery
 from pipeline.ledger.storage import StorageCipher, is_sealed
+from pipeline.receipts.record import record_report
 from pipeline.receipts.reports import parse_report
 from pipeline.recipients.directory_csv import PATIENT_NAME, import_directory
 from pipeline.recipients.models import Recipient, RecipientIdentifier

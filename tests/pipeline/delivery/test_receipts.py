@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.delivery.dispatch import dispatch_due
+from pipeline.delivery.deliver import dispatch_due
 from pipeline.delivery.intake import accept_bytes
-from pipeline.delivery.receipts import collect_receipts, record_report
 from pipeline.delivery.services import DeliveryServices
 from pipeline.ledger.models import Delivery, Event, Receipt
+from pipeline.receipts.record import collect_receipts, record_report
 from pipeline.receipts.reports import parse_report
 from pipeline.receipts.sources import MaildirSource
 from tests.pipeline.delivery.conftest import ADAM_XCN, Clock

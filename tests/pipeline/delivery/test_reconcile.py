@@ -9,9 +9,11 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline.delivery.deliver import send_stage
 from pipeline.delivery.reconcile import resume_unroutable, stalled_work
+from pipeline.delivery.route import route_stage
+from pipeline.delivery.seal import seal_stage
 from pipeline.delivery.services import DeliveryServices
-from pipeline.delivery.stages import route_stage, seal_stage, send_stage
 from pipeline.ledger.models import Delivery, Event, Message
 from pipeline.recipients.directory_csv import import_directory
 from pipeline.sealing.demo_pki import DemoPki

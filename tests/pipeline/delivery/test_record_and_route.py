@@ -17,7 +17,7 @@ from pipeline.delivery.record import (
     read_stored,
     record_message,
 )
-from pipeline.delivery.routing import route_message
+from pipeline.delivery.route import route_message
 from pipeline.hl7.intake import read_results
 from pipeline.ledger.models import Delivery, Event, Message
 from pipeline.ledger.storage import StorageCipher, StoredMessageUnreadable

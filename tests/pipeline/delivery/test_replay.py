@@ -9,6 +9,7 @@ from cryptography import x509
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline.delivery.deliver import send_stage
 from pipeline.delivery.replay import (
     SEAL,
     SEND,
@@ -17,8 +18,9 @@ from pipeline.delivery.replay import (
     replay,
     stage_of,
 )
+from pipeline.delivery.route import route_stage
+from pipeline.delivery.seal import seal_stage
 from pipeline.delivery.services import DeliveryServices
-from pipeline.delivery.stages import route_stage, seal_stage, send_stage
 from pipeline.delivery.trace import UnknownResult
 from pipeline.ledger.models import Delivery, Event
 from pipeline.sealing.demo_pki import DemoPki

@@ -15,8 +15,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.delivery.breaker import CircuitBreaker
+from pipeline.delivery.claims import StageReport, claim
+from pipeline.delivery.deliver import send_stage
+from pipeline.delivery.route import route_stage
+from pipeline.delivery.seal import seal_stage
 from pipeline.delivery.services import DeliveryServices
-from pipeline.delivery.stages import StageReport, claim, route_stage, seal_stage, send_stage
 from pipeline.ledger.models import Attempt, Delivery, Event
 from pipeline.sealing.demo_pki import DemoPki
 from tests.pipeline.delivery.conftest import (

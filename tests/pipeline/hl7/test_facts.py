@@ -11,7 +11,7 @@ from pipeline.hl7.decode import DecodedMessage
 from pipeline.hl7.facts import RoutingFacts, extract_facts
 from pipeline.hl7.intake import read_results
 from pipeline.hl7.parse import parse
-from pipeline.recipients.identifiers import INS, Identifier
+from pipeline.identifiers import INS, Identifier
 from tests.pipeline.hl7.builders import seg
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "hl7"

@@ -20,7 +20,7 @@ from pipeline.hl7.participants import (
     Participant,
     extract_participants,
 )
-from pipeline.recipients.identifiers import ADELI, FINESS, INS, LOCAL, RPPS, Identifier
+from pipeline.identifiers import ADELI, FINESS, INS, LOCAL, RPPS, Identifier
 from tests.pipeline.hl7.builders import seg
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "hl7"

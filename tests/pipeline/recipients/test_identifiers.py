@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.recipients.identifiers import (
+from pipeline.identifiers import (
     ADELI,
     IDNPS,
     IDNPS_OID,

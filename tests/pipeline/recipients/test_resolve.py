@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from pipeline.identifiers import LOCAL, RPPS, Identifier, normalise_identifier
 from pipeline.recipients.directory_csv import import_directory
-from pipeline.recipients.identifiers import LOCAL, RPPS, Identifier, normalise_identifier
 from pipeline.recipients.resolve import Resolution, resolve, resolve_many
 
 

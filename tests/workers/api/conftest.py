@@ -28,8 +28,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.access.tokens import create_token, revoke_token
 from pipeline.db import make_engine, migrate, session_factory, utcnow
+from pipeline.delivery.route import route_stage
+from pipeline.delivery.seal import seal_stage
 from pipeline.delivery.services import DeliveryServices
-from pipeline.delivery.stages import route_stage, seal_stage
 from pipeline.recipients.directory_csv import import_directory
 from pipeline.settings import Settings
 from tests.conftest import FIXTURES, scratch_postgres

@@ -22,23 +22,23 @@ from sqlalchemy.orm import Session, sessionmaker
 from pipeline.delivery.notices import give_up, scrub_mail_addresses
 from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Delivery, Receipt
-from pipeline.ledger.states import DELIVERY_RANK
+from pipeline.ledger.states import DELIVERED, DELIVERY_RANK, FAILED, READ
 from pipeline.ledger.storage import is_sealed
 from pipeline.receipts.reports import Report, parse_report
 from pipeline.receipts.sources import ReportSource
 
 #: MDN dispositions and DSN actions → (delivery state they prove, event kind).
 MDN_EFFECTS = {
-    "processed": ("delivered", "processed"),
-    "displayed": ("read", "read"),
-    "failed": ("failed", "failed"),
+    "processed": (DELIVERED, "processed"),
+    "displayed": (READ, "read"),
+    "failed": (FAILED, "failed"),
 }
 DSN_EFFECTS = {
-    "delivered": ("delivered", "delivered"),
+    "delivered": (DELIVERED, "delivered"),
     "relayed": ("", "receipt"),
     "expanded": ("", "receipt"),
     "delayed": ("", "receipt"),
-    "failed": ("failed", "failed"),
+    "failed": (FAILED, "failed"),
 }
 
 
@@ -148,8 +148,8 @@ def _apply(
     effects = MDN_EFFECTS if kind == "mdn" else DSN_EFFECTS if kind == "dsn" else {}
     state, event = effects.get(disposition, ("", "receipt"))
     moves = bool(state) and DELIVERY_RANK[state] > DELIVERY_RANK[delivery.state]
-    if state == "failed":
-        if moves and delivery.state not in ("delivered", "read"):
+    if state == FAILED:
+        if moves and delivery.state not in (DELIVERED, READ):
             # The failed event, the notice and the `notified` event, as for every failure.
             give_up(session, delivery, detail, now, notices_dir)
         else:
@@ -162,8 +162,8 @@ def _apply(
         return
     delivery.state = state
     delivery.updated_at = now
-    if state == "delivered":
+    if state == DELIVERED:
         delivery.delivered_at = delivery.delivered_at or now
-    elif state == "read":
+    elif state == READ:
         delivery.read_at = now
         delivery.delivered_at = delivery.delivered_at or now
