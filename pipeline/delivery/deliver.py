@@ -4,8 +4,8 @@ The normal path of a result after intake's commit (ARCHITECTURE "Flow — where 
 
 1. route (`route.route_locked`): in one write transaction, the batch's messages
    still `received` are locked (SKIP LOCKED on PostgreSQL; BEGIN IMMEDIATE on SQLite), each
-   is read once (`record.load_stored`), its deliveries are created, and the new pending
-   ones are claimed for this worker (`leased_until`) — then commit;
+   is read once (`record.load_stored`), its deliveries are created set-based, the new
+   pending ones claimed for this worker (`leased_until`) in the same INSERT — then commit;
 2. seal (`seal.seal_for`): each result signed once as its laboratory, an envelope per
    recipient, outside any transaction;
 3. send (`send.send_prepared`): per transport and destination, pipelined, in groups of
@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from pipeline.db import begin_write
@@ -77,24 +77,20 @@ def deliver_stage(
     deadline = time.monotonic() + services.lease.total_seconds() / 2
     with sessions() as session:
         begin_write(session)
-        messages, loaded = route_locked(session, message_ids, services, now, report)
+        messages, loaded = route_locked(
+            session, message_ids, services, now, report, claim_until=now + services.lease
+        )
         routed = [message.id for message in messages]
         deliveries: list[Delivery] = []
         recipients: dict[int, Recipient] = {}
         if routed:
-            claimed = list(
-                session.scalars(
-                    update(Delivery)
-                    .where(Delivery.message_id.in_(routed), Delivery.state == PENDING)
-                    .values(leased_until=now + services.lease, queued_at=now)
-                    .returning(Delivery.id),
-                    execution_options={"synchronize_session": False},
-                )
-            )
-            # The rows routing just made, from the identity map (their messages too).
+            # The pending rows routing just made, claimed as they were written (their
+            # messages come from the identity map).
             deliveries = list(
                 session.scalars(
-                    select(Delivery).where(Delivery.id.in_(claimed)).order_by(Delivery.id)
+                    select(Delivery)
+                    .where(Delivery.message_id.in_(routed), Delivery.state == PENDING)
+                    .order_by(Delivery.id)
                 )
             )
             wanted = {d.recipient_id for d in deliveries if d.recipient_id is not None}

@@ -13,8 +13,12 @@ far side can de-duplicate (ARCHITECTURE rule 2).
 The route step (`route_locked`, shared by `deliver.deliver_stage` and `route_stage`): in
 the caller's write transaction, the messages still `received` are locked (SKIP LOCKED on
 PostgreSQL; SQLite's writer holds the database lock from BEGIN IMMEDIATE), each is read
-once (`record.load_stored`) and its deliveries created. A message that no longer reads
-stays `received` (reconcile offers it again) while the others go on (rule 3).
+once (`record.load_stored`) and its deliveries created, set-based: one multi-row INSERT …
+RETURNING for the batch's deliveries (claimed as they are written when the caller asks),
+one INSERT for their events, one UPDATE for the messages' states, under one savepoint. A
+message that no longer reads stays `received` (reconcile offers it again) while the others
+go on (rule 3); when the batch's statements fail, the messages are routed one by one, each
+in its own savepoint, so only the one tripping a bug is left behind.
 `deliverable` is the one place a delivery gets its recipient, channel and envelope IDs:
 routing a message and reconcile resuming an unroutable delivery both use it.
 """
@@ -25,10 +29,11 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, case, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from pipeline.db import begin_write
 from pipeline.delivery.claims import StageReport, log_step_error, mark_queued
@@ -37,9 +42,8 @@ from pipeline.delivery.services import DeliveryServices
 from pipeline.errors import LabdispatchError
 from pipeline.hl7.facts import RoutingFacts
 from pipeline.hl7.participants import PATIENT, Participant
-from pipeline.ledger.events import record_event
-from pipeline.ledger.models import Delivery, Message
-from pipeline.ledger.states import PENDING, RECEIVED, ROUTED, UNROUTABLE
+from pipeline.ledger.models import Delivery, Event, Message
+from pipeline.ledger.states import EVENT_KINDS, PENDING, RECEIVED, ROUTED, UNROUTABLE
 from pipeline.recipients.identifiers import BlindIndex
 from pipeline.recipients.models import Recipient
 from pipeline.recipients.routing import RoutedRecipient, route_many
@@ -82,12 +86,15 @@ def route_locked(
     services: DeliveryServices,
     now: datetime,
     report: StageReport,
+    *,
+    claim_until: datetime | None = None,
 ) -> tuple[list[Message], dict[int, StoredResult]]:
     """In the session's write transaction: take the messages among `message_ids` still
     `received` (locked, SKIP LOCKED on PostgreSQL), read each once, and create their
     deliveries. Returns the messages routed (held by the caller, they stay in the session's
     identity map: their deliveries find them there), and what each read as (sealing uses
-    it: not read again). Counts message states in `report`."""
+    it: not read again). Counts message states in `report`. With `claim_until`, the new
+    pending deliveries are claimed for the caller as they are written."""
     messages = session.scalars(
         select(Message)
         .where(Message.id.in_(message_ids), Message.state == RECEIVED)
@@ -111,12 +118,14 @@ def route_locked(
                 mail_domain=services.mail_domain,
                 now=now,
                 blind_index=services.cipher,
+                claim_until=claim_until,
             )
-            session.flush()
         routed = [message.id for message, _ in readable]
     except Exception:
         # Some message trips a bug: route them one by one, so only it is left behind.
         routed = []
+        for message, _ in readable:
+            session.expire(message, ["state"])  # as the database has it after the rollback
         for message, facts in readable:
             try:
                 with session.begin_nested():
@@ -126,8 +135,8 @@ def route_locked(
                         mail_domain=services.mail_domain,
                         now=now,
                         blind_index=services.cipher,
+                        claim_until=claim_until,
                     )
-                    session.flush()
                 routed.append(message.id)
             except Exception as error:
                 log_step_error("routing message", message.id, error)
@@ -177,10 +186,14 @@ def route_messages(
     mail_domain: str,
     now: datetime,
     blind_index: BlindIndex | None = None,
+    claim_until: datetime | None = None,
 ) -> list[RouteReport]:
-    """Route a batch: the directory is asked once for all of it (`route_many`), and the
-    deliveries and their events go to the database together at the next flush.
-    `blind_index` (the at-rest cipher) finds patients by the keyed hash of their INS."""
+    """Route a batch, set-based: the directory is asked once for all of it (`route_many`);
+    the deliveries go in one multi-row INSERT … RETURNING, their events in one INSERT, the
+    messages' new states in one UPDATE — a fixed number of statements whatever the batch's
+    size. `blind_index` (the at-rest cipher) finds patients by the keyed hash of their INS.
+    With `claim_until`, the new pending deliveries are claimed as they are written
+    (`leased_until`, `queued_at`), so the deliver pass needs no second statement."""
     reports: list[RouteReport | None] = [None] * len(items)
     to_route: list[int] = []
     for index, (message, _) in enumerate(items):
@@ -191,6 +204,8 @@ def route_messages(
                 routed=sum(1 for d in message.deliveries if d.state != UNROUTABLE),
                 unroutable=sum(1 for d in message.deliveries if d.state == UNROUTABLE),
             )
+    if not to_route:
+        return [report for report in reports if report is not None]
     all_answers = route_many(session, [items[i][1] for i in to_route], blind_index=blind_index)
     keys = {
         a.resolution.recipient_key
@@ -201,48 +216,139 @@ def route_messages(
     recipients = {
         r.key: r for r in session.scalars(select(Recipient).where(Recipient.key.in_(keys)))
     }
+    rows: list[dict[str, Any]] = []
+    events: list[tuple[int, str, str]] = []  # (index in rows, kind, detail)
+    states: dict[int, str] = {}
     for index, answers in zip(to_route, all_answers, strict=True):
-        reports[index] = _route_one(
-            session, items[index][0], answers, recipients, mail_domain=mail_domain, now=now
+        message = items[index][0]
+        report = _route_one(
+            message, answers, recipients, rows, events, mail_domain=mail_domain, now=now
         )
+        reports[index] = report
+        states[message.id] = ROUTED if report.routed else UNROUTABLE
+    _write_routes(session, rows, events, now, claim_until)
+    c = cast(Table, Message.__table__).c
+    routed_ids = [id_ for id_, state in states.items() if state == ROUTED]
+    session.execute(
+        update(cast(Table, Message.__table__))
+        .where(c.id.in_(list(states)))
+        .values(state=case((c.id.in_(routed_ids), ROUTED), else_=UNROUTABLE))
+    )
+    for index in to_route:
+        message = items[index][0]
+        set_committed_value(message, "state", states[message.id])
+        # What the message holds of its deliveries and events is stale: read again if asked.
+        session.expire(message, ["deliveries", "events"])
     return [report for report in reports if report is not None]
 
 
-def _route_one(
+#: The columns that tell the deliveries of one routing apart; rows equal in all of them are
+#: alike in every way (their events too), so which ID goes to which does not matter.
+_MATCH = (
+    "message_id",
+    "recipient_key",
+    "channel_kind",
+    "channel_address",
+    "wanted",
+    "role",
+    "last_error",
+)
+
+
+def _write_routes(
     session: Session,
+    rows: list[dict[str, Any]],
+    events: list[tuple[int, str, str]],
+    now: datetime,
+    claim_until: datetime | None,
+) -> None:
+    if not rows:
+        return
+    for row in rows:
+        pending = claim_until is not None and row["state"] == PENDING
+        row["leased_until"] = claim_until if pending else None
+        row["queued_at"] = now if pending else None
+    table = cast(Table, Delivery.__table__)
+    # Matched back by content (the unique key and what an unroutable one names), not by
+    # RETURNING's row order; RETURNING makes it one multi-row INSERT ("insertmanyvalues").
+    slots: dict[tuple[Any, ...], list[int]] = {}
+    for position, row in enumerate(rows):
+        slots.setdefault(tuple(row[name] for name in _MATCH), []).append(position)
+    ids: list[int | None] = [None] * len(rows)
+    returned = session.execute(
+        insert(table).returning(table.c.id, *(table.c[name] for name in _MATCH)), rows
+    )
+    for id_, *key in returned:
+        ids[slots[tuple(key)].pop(0)] = id_
+    assert all(ids), "INSERT … RETURNING left a delivery without its ID"
+    if events:
+        event_table = cast(Table, Event.__table__)
+        session.execute(
+            insert(event_table).returning(event_table.c.id),
+            [
+                {
+                    "message_id": rows[position]["message_id"],
+                    "delivery_id": ids[position],
+                    "kind": kind,
+                    "detail": detail,
+                    "at": now,
+                }
+                for position, kind, detail in events
+            ],
+        ).close()
+
+
+def _route_one(
     message: Message,
     answers: Sequence[RoutedRecipient],
     recipients: dict[str, Recipient],
+    rows: list[dict[str, Any]],
+    events: list[tuple[int, str, str]],
     *,
     mail_domain: str,
     now: datetime,
 ) -> RouteReport:
+    """The message's deliveries as rows (appended to `rows`) and their events."""
     routed = unroutable = 0
     seen: set[str] = set()
+
+    def add(row: dict[str, Any], kind: str, detail: str) -> None:
+        assert kind in EVENT_KINDS
+        events.append((len(rows), kind, detail))
+        rows.append(
+            {
+                "message_id": message.id,
+                "laboratory": message.laboratory,
+                "message_received_at": message.received_at,
+                "recipient_id": None,
+                "recipient_key": None,
+                "wanted": "",
+                "channel_kind": None,
+                "channel_address": None,
+                "last_error": "",
+                "envelope_message_id": None,
+                "envelope_id": None,
+                "created_at": now,
+                "updated_at": now,
+                **row,
+            }
+        )
+
     for answer in answers:
         participant, resolution = answer.participant, answer.resolution
         role = participant.roles[0] if participant.roles else ""
         if resolution.recipient_key is None:
             wanted = shown_identifier(participant)
-            delivery = Delivery(
-                message_id=message.id,
-                laboratory=message.laboratory,
-                message_received_at=message.received_at,
-                wanted=wanted[:200],
-                role=role,
-                state=UNROUTABLE,
-                last_error=resolution.reason if role != PATIENT else "patient not in directory",
-                created_at=now,
-                updated_at=now,
-            )
-            session.add(delivery)
-            record_event(
-                session,
-                message,
+            last_error = resolution.reason if role != PATIENT else "patient not in directory"
+            add(
+                {
+                    "wanted": wanted[:200],
+                    "role": role,
+                    "state": UNROUTABLE,
+                    "last_error": last_error,
+                },
                 UNROUTABLE,
-                f"{role} {wanted}: {delivery.last_error}",
-                now,
-                delivery,
+                f"{role} {wanted}: {last_error}",
             )
             unroutable += 1
             continue
@@ -252,37 +358,31 @@ def _route_one(
         seen.add(key)
         recipient = recipients[key]
         if not resolution.channels:
-            delivery = Delivery(
-                message_id=message.id,
-                laboratory=message.laboratory,
-                message_received_at=message.received_at,
-                recipient_id=recipient.id,
-                recipient_key=key,
-                role=role,
-                state=UNROUTABLE,
-                last_error=f"{key} is in the directory but has no channel",
-                created_at=now,
-                updated_at=now,
+            last_error = f"{key} is in the directory but has no channel"
+            add(
+                {
+                    "recipient_id": recipient.id,
+                    "recipient_key": key,
+                    "role": role,
+                    "state": UNROUTABLE,
+                    "last_error": last_error,
+                },
+                UNROUTABLE,
+                last_error,
             )
-            session.add(delivery)
-            record_event(session, message, UNROUTABLE, delivery.last_error, now, delivery)
             unroutable += 1
             continue
-        delivery = Delivery(
-            message_id=message.id,
-            laboratory=message.laboratory,
-            message_received_at=message.received_at,
-            wanted=str(participant.identifier or "")[:200] if role != PATIENT else "",
-            role=role,
-            created_at=now,
-            updated_at=now,
-            **deliverable(message, recipient, resolution.channels[0], mail_domain),
+        columns = deliverable(message, recipient, resolution.channels[0], mail_domain)
+        add(
+            {
+                "wanted": str(participant.identifier or "")[:200] if role != PATIENT else "",
+                "role": role,
+                **columns,
+            },
+            "routed",
+            f"{key} ({role}) via {columns['channel_kind']}",
         )
-        kind = delivery.channel_kind
-        session.add(delivery)
-        record_event(session, message, "routed", f"{key} ({role}) via {kind}", now, delivery)
         routed += 1
-    message.state = ROUTED if routed else UNROUTABLE
     return RouteReport(routed=routed, unroutable=unroutable)
 
 
