@@ -12,11 +12,8 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.db import migrate, session_factory
-from pipeline.delivery.services import DeliveryServices, SignerRegistry
+from pipeline.delivery.services import DeliveryServices
 from pipeline.ledger.models import Delivery, Message, Rejection
-from pipeline.ledger.storage import StorageCipher
-from pipeline.settings import SigningSettings
 from tests.conftest import scratch_postgres
 from tests.pipeline.hprim.builders import CORPUS, end, header, order, patient, result, sante
 from tests.pipeline.sealing.helpers import attachments, open_envelope
@@ -65,22 +62,6 @@ def test_inspect_refuses_the_headerless_medecins_fragment_saying_where(
 
 
 # --- the folder watcher, in process ----------------------------------------------------
-
-
-@pytest.fixture
-def ledger(engine: Engine) -> sessionmaker[Session]:
-    migrate(engine)
-    return session_factory(engine)
-
-
-@pytest.fixture
-def services() -> Iterator[DeliveryServices]:
-    with DeliveryServices(
-        cipher=StorageCipher.from_key(os.urandom(32)),
-        signers=SignerRegistry(SigningSettings()),
-        factories={},
-    ) as services:
-        yield services
 
 
 def _drop(folder: Path, name: str, data: bytes) -> None:

@@ -4,20 +4,16 @@
 from __future__ import annotations
 
 import ast
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.db import migrate, session_factory
 from pipeline.delivery.intake import Inbound, Stored
-from pipeline.delivery.services import DeliveryServices, SignerRegistry
+from pipeline.delivery.services import DeliveryServices
 from pipeline.ledger.models import Message
-from pipeline.ledger.storage import StorageCipher
-from pipeline.settings import SigningSettings
 from workers.intake_commit import IntakeCommit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,22 +61,6 @@ def test_the_commit_policy_lives_in_one_place_for_every_intake() -> None:
         ("ledger_unreachable", "pipeline/delivery/intake.py"),
         ("store_batch", "pipeline/delivery/intake.py"),
     ]
-
-
-@pytest.fixture
-def ledger(engine: Engine) -> sessionmaker[Session]:
-    migrate(engine)
-    return session_factory(engine)
-
-
-@pytest.fixture
-def services() -> Iterator[DeliveryServices]:
-    with DeliveryServices(
-        cipher=StorageCipher.from_key(os.urandom(32)),
-        signers=SignerRegistry(SigningSettings()),
-        factories={},
-    ) as services:
-        yield services
 
 
 def test_committed_messages_are_routed_even_when_answering_them_failed(

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,10 +26,9 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.db import make_engine, migrate, session_factory
-from pipeline.delivery.services import DeliveryServices, SignerRegistry
+from pipeline.delivery.services import DeliveryServices
 from pipeline.ledger.models import Message, Rejection
-from pipeline.ledger.storage import StorageCipher
-from pipeline.settings import Settings, SigningSettings
+from pipeline.settings import Settings
 from tests.conftest import FIXTURES
 from workers.bench.scratch import drop_database
 from workers.cli import main
@@ -106,22 +105,6 @@ class Routed(list[int]):
 
     def __call__(self, message_ids: Sequence[int]) -> None:
         self.extend(message_ids)
-
-
-@pytest.fixture
-def ledger(engine: Engine) -> sessionmaker[Session]:
-    migrate(engine)
-    return session_factory(engine)
-
-
-@pytest.fixture
-def services() -> Iterator[DeliveryServices]:
-    with DeliveryServices(
-        cipher=StorageCipher.from_key(os.urandom(32)),
-        signers=SignerRegistry(SigningSettings()),
-        factories={},
-    ) as services:
-        yield services
 
 
 @pytest.fixture
