@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline.hl7.facts import RoutingFacts
 from pipeline.hl7.participants import NO_IDENTIFIER, Participant
 from pipeline.identifiers import Identifier, normalise_identifier
 
@@ -16,6 +17,23 @@ _TYPED = frozenset({"RPPS", "ADELI", "IDNPS", "FINESS", "FINEG", "FINEJ"})
 
 FORMAT_SANTE = "hprim-sante"
 FORMAT_MEDECINS = "hprim-medecins"
+
+
+@dataclass(frozen=True)
+class HprimPart:
+    """One result of an HPRIM file (a patient in HPRIM Santé, a report in HPRIM Médecins):
+    the bytes to record and deliver, and its facts."""
+
+    data: bytes
+    facts: RoutingFacts
+
+
+@dataclass(frozen=True)
+class HprimFile:
+    """What either reader makes of a file: its results, and the codec it was read in."""
+
+    parts: tuple[HprimPart, ...]
+    codec: str
 
 
 @dataclass

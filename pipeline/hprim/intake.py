@@ -18,7 +18,7 @@ from pipeline.hl7.facts import RoutingFacts
 from pipeline.hl7.segments import Segment
 from pipeline.hprim import medecins, sante
 from pipeline.hprim.errors import HprimError, NotHprim
-from pipeline.hprim.facts import FORMAT_MEDECINS, FORMAT_SANTE
+from pipeline.hprim.facts import FORMAT_MEDECINS, FORMAT_SANTE, HprimFile, HprimPart
 from pipeline.hprim.text import CharsetLookup
 
 
@@ -78,7 +78,7 @@ def read_hprim(
     fmt = fmt or sniff(data) or FORMAT_SANTE
     try:
         if fmt == FORMAT_SANTE:
-            read: sante.SanteFile | medecins.MedecinsFile = sante.read_sante(data, charsets)
+            read: HprimFile = sante.read_sante(data, charsets)
         else:
             read = medecins.read_medecins(data, charsets)
     except HprimError as error:
@@ -94,6 +94,6 @@ def read_hprim(
     if not read.parts:  # pragma: no cover - the readers refuse a file with none
         yield HprimResult(1, data, fmt, error=NotHprim("no result in the file"))
         return
-    parts: tuple[sante.SantePart | medecins.MedecinsPart, ...] = read.parts
+    parts: tuple[HprimPart, ...] = read.parts
     for index, part in enumerate(parts, start=1):
         yield HprimResult(index, part.data, fmt, part.facts, codec=read.codec)

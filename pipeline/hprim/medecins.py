@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 
 from pipeline.hl7.facts import Order, RoutingFacts, status_word, summarise
 from pipeline.hl7.participants import PERSON
@@ -25,7 +24,7 @@ from pipeline.hprim.errors import (
     NotHprim,
     RecordLocation,
 )
-from pipeline.hprim.facts import FORMAT_MEDECINS, RECEIVER, People
+from pipeline.hprim.facts import FORMAT_MEDECINS, RECEIVER, HprimFile, HprimPart, People
 from pipeline.hprim.text import UTF8_BOM, CharsetLookup, Line, decode, split_lines
 from pipeline.hprim.text import control_part as part
 from pipeline.identifiers import normalise_identifier
@@ -37,18 +36,6 @@ MARKERS = (LAB.encode(), FIN.encode(), FINFICHIER.encode())
 HEADER_LINES = 12
 CODE_WIDTH = 10
 _RES_STATUS = re.compile(r"[A-Z]")
-
-
-@dataclass(frozen=True)
-class MedecinsPart:
-    data: bytes
-    facts: RoutingFacts
-
-
-@dataclass(frozen=True)
-class MedecinsFile:
-    parts: tuple[MedecinsPart, ...]
-    codec: str
 
 
 def looks_like_medecins(data: bytes) -> bool:
@@ -95,7 +82,7 @@ def header_of(data: bytes) -> tuple[str, str]:
     return split_code(reports[0][10].content.decode("latin-1"))[0], texts[8]
 
 
-def read_medecins(data: bytes, charsets: CharsetLookup | None = None) -> MedecinsFile:
+def read_medecins(data: bytes, charsets: CharsetLookup | None = None) -> HprimFile:
     """Every report of the file; a file that breaks the rules is refused whole."""
     lines = split_lines(data)
     reports = _reports(lines)
@@ -116,9 +103,9 @@ def read_medecins(data: bytes, charsets: CharsetLookup | None = None) -> Medecin
     for report in reports:
         payload = data if not several else b"".join(line.raw for line in report)
         parts.append(
-            MedecinsPart(payload, _facts(report, decoded.codec, payload, list(decoded.warnings)))
+            HprimPart(payload, _facts(report, decoded.codec, payload, list(decoded.warnings)))
         )
-    return MedecinsFile(tuple(parts), decoded.codec)
+    return HprimFile(tuple(parts), decoded.codec)
 
 
 def _check_shape(report: list[Line]) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import re
-from dataclasses import dataclass
 
 from pipeline.hl7.facts import Order, RoutingFacts, status_word, summarise
 from pipeline.hl7.participants import ORDERING, ORGANISATION, PERSON
@@ -30,7 +29,7 @@ from pipeline.hprim.errors import (
     UnsupportedHprim,
     UnsupportedHprimVersion,
 )
-from pipeline.hprim.facts import COPY_TO, FORMAT_SANTE, RECEIVER, People
+from pipeline.hprim.facts import COPY_TO, FORMAT_SANTE, RECEIVER, HprimFile, HprimPart, People
 from pipeline.hprim.records import Delimiters, Record
 from pipeline.hprim.text import UTF8_BOM, CharsetLookup, Line, decode, split_lines
 from pipeline.hprim.text import control_part as part
@@ -43,20 +42,6 @@ PROCESSING_IDS = frozenset({"P", "T", "D"})
 #: OBR-26 and OBX-12 codes libHprim and Mediboard list (the HL7 ones, plus M for OBR).
 OBR_STATUSES = frozenset("FPMIRCODX")
 OBX_STATUSES = frozenset("RPFCIDXU")
-
-
-@dataclass(frozen=True)
-class SantePart:
-    """One patient's result: the bytes to record and deliver, and its facts."""
-
-    data: bytes
-    facts: RoutingFacts
-
-
-@dataclass(frozen=True)
-class SanteFile:
-    parts: tuple[SantePart, ...]
-    codec: str
 
 
 def looks_like_sante(data: bytes) -> bool:
@@ -98,7 +83,7 @@ def _delimiters(text: str) -> Delimiters:
     )
 
 
-def read_sante(data: bytes, charsets: CharsetLookup | None = None) -> SanteFile:
+def read_sante(data: bytes, charsets: CharsetLookup | None = None) -> HprimFile:
     """Every patient's result in the file; a file that breaks the rules is refused whole
     (HprimError naming line, record, field and reason)."""
     lines = split_lines(data)
@@ -132,7 +117,7 @@ def read_sante(data: bytes, charsets: CharsetLookup | None = None) -> SanteFile:
     codec = decoded.codec
     records = _records(lines, codec, delimiters)
     warnings = list(decoded.warnings)
-    return SanteFile(_patients(data, lines, records, delimiters, warnings), codec)
+    return HprimFile(_patients(data, lines, records, delimiters, warnings), codec)
 
 
 def _records(lines: list[Line], codec: str, delimiters: Delimiters) -> list[Record]:
@@ -176,7 +161,7 @@ def _patients(
     records: list[Record],
     delimiters: Delimiters,
     warnings: list[str],
-) -> tuple[SantePart, ...]:
+) -> tuple[HprimPart, ...]:
     header = records[0]
     end = next((record for record in records if record.kind == "L"), None)
     if end is None:
@@ -252,7 +237,7 @@ def _patients(
     parts = []
     for group in groups:
         payload = data if not several else _excerpt(header, group, end)
-        parts.append(SantePart(payload, _facts(header, group, payload, warnings)))
+        parts.append(HprimPart(payload, _facts(header, group, payload, warnings)))
     return tuple(parts)
 
 
