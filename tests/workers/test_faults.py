@@ -97,9 +97,10 @@ def test_kill_9_of_a_worker_mid_batch_loses_nothing(
     victim: str,
 ) -> None:
     stack = _stack(request, tmp_path, monkeypatch, backend)
-    # Enough work that the one-pass workers are still at it while the test looks for a
-    # batch at work (300 results were delivered in about a second).
-    results = stack.results(600)
+    # Enough work that the one-pass workers are still at it, well after the push, while the
+    # test looks for a batch at work (300 results were delivered in about a second, and 600
+    # still left too short a window on a loaded machine).
+    results = stack.results(2000)
     expected = stack.expected_deliveries(results)
     started = time.monotonic()
     _all_aa(stack, dict(stack.push(results).codes), len(results))
