@@ -15,6 +15,7 @@ import redis
 from pipeline.settings import Settings
 from tests.pipeline.delivery.scenario import directory_csv, oru
 from tests.workers.stack_fixtures import wait_for
+from workers import queues
 from workers.cli import main
 from workers.stack import Stack
 
@@ -122,6 +123,15 @@ def test_status_reports_the_tasks_of_a_killed_worker_apart_from_live_work(
             lambda: client.hlen("unacked") == 2,
             timeout=30,
             what="both tasks taken by the worker",
+            alive=stack.check_running,
+        )
+        # kombu writes a task into `unacked` as it hands it to the worker, which registers it a
+        # moment later: on a loaded machine `status` could ask in between (seen once in CI: one
+        # of the two reported as lost). Wait until the worker itself says it holds both.
+        wait_for(
+            lambda: queues.queue_depths(Settings.from_env(), ask_workers=True).in_progress == 2,
+            timeout=30,
+            what="the worker saying it holds both tasks",
             alive=stack.check_running,
         )
 
