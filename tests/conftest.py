@@ -196,6 +196,17 @@ def relay(start_relay: RelayFactory) -> Relay:
 REDIS_TEST_URL = os.environ.get("LABDISPATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _celery_app_on_the_test_redis() -> None:
+    """`workers.celery_app` makes its app at import, from the environment of that moment:
+    imported first by a test that set no broker URL, it started an embedded Redis under the
+    checkout's var/ and left it running after the suite. Import it once, on the test Redis
+    (making the app connects to nothing); tests that need another broker make their own app."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LABDISPATCH_BROKER_URL", REDIS_TEST_URL)
+        import workers.celery_app  # noqa: F401
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """The Redis server the broker tests use (scripts/services starts one). An unreachable
