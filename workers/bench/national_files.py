@@ -82,11 +82,9 @@ def organisation_row(finess: str, name: str, address: str, service: str = "") ->
 
 
 def practitioner_row(person: Person) -> str:
-    return "|".join(
-        ["8", person.rpps, "8" + person.rpps, "DR", "Docteur", person.last, person.first]
-        + ["10", "Médecin", "C", "Civil", "S", "Spécialité", "SM54", person.specialty]
-        + ["L", "Libéral"]
-    )
+    identity = ["8", person.rpps, "8" + person.rpps, "DR", "Docteur", person.last, person.first]
+    activity = ["10", "Médecin", "C", "Civil", "S", "Spécialité", "SM54", person.specialty]
+    return "|".join([*identity, *activity, "L", "Libéral"])
 
 
 def write_mssante(path: Path, rows: Iterable[str]) -> Path:
