@@ -31,8 +31,9 @@ def _drop_check(batch: BatchOperations, table: str, column: str) -> None:
     """Drop the CHECK on `column`, by the name the database has: 0001 named the channel
     kind's twice over (`ck_recipient_channels_ck_recipient_channels_kind`)."""
     for check in sa.inspect(op.get_bind()).get_check_constraints(table):
-        if (check["name"] or "").endswith(f"_{column}"):
-            batch.drop_constraint(op.f(check["name"]), type_="check")
+        name = check["name"] or ""
+        if name.endswith(f"_{column}"):
+            batch.drop_constraint(op.f(name), type_="check")
 
 
 def upgrade() -> None:
