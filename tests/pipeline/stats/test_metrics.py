@@ -314,6 +314,7 @@ def test_gauges_read_what_is_open(session: Session, sessions: sessionmaker[Sessi
     assert got.retries == {
         "mail": RetryBacklog(retrying=1, due=1),
         "mailbox": RetryBacklog(0, 0),
+        "mssante": RetryBacklog(0, 0),
         "https": RetryBacklog(retrying=2, due=1),
     }
     assert [(c.destination, c.state, c.failures) for c in got.circuits] == [
