@@ -149,13 +149,13 @@ def apply_national(
     for table in (MAILBOXES_IN, PEOPLE_IN, KEYS_IN):
         table.drop(connection, checkfirst=True)
         table.create(connection)
-    try:
-        report.rows = _load(session, MAILBOXES_IN, (_mailbox_row(m) for m in mailboxes), postgres)
-        _load(session, PEOPLE_IN, (_person_row(p) for p in practitioners), postgres)
-        _merge(session, report, allow_removals=allow_removals, now=now)
-    finally:
-        for table in (MAILBOXES_IN, PEOPLE_IN, KEYS_IN):
-            table.drop(connection, checkfirst=True)
+    # A failure leaves them to the caller's rollback (which takes them away: they were
+    # made in its transaction).
+    report.rows = _load(session, MAILBOXES_IN, (_mailbox_row(m) for m in mailboxes), postgres)
+    _load(session, PEOPLE_IN, (_person_row(p) for p in practitioners), postgres)
+    _merge(session, report, allow_removals=allow_removals, now=now)
+    for table in (MAILBOXES_IN, PEOPLE_IN, KEYS_IN):
+        table.drop(connection)
 
 
 def _mailbox_row(m: Mailbox) -> tuple[Any, ...]:
