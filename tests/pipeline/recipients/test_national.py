@@ -20,7 +20,7 @@ from pipeline.recipients.models import NATIONAL, Channel, Recipient, RecipientId
 from pipeline.recipients.national_files import NationalFileError
 from pipeline.recipients.national_store import NationalReport, import_national
 from tests.pipeline.delivery.scenario import LAB, oru
-from tests.pipeline.delivery.test_record_and_route import CIPHER, record
+from tests.pipeline.delivery.test_record_and_route import record
 from workers.bench.national_files import (
     Person,
     organisation_row,
@@ -68,7 +68,9 @@ def test_import_makes_national_recipients_and_an_unchanged_file_changes_nothing(
         NATIONAL, "clinician", "MARTIN Sophie", "Médecine Générale",
     )  # fmt: skip
     assert [(i.id_type, i.value) for i in martin.identifiers] == [("RPPS", "10001234567")]
-    hospital = session.scalars(select(RecipientIdentifier).where(RecipientIdentifier.value == "750712184")).one()  # fmt: skip
+    hospital = session.scalars(
+        select(RecipientIdentifier).where(RecipientIdentifier.value == "750712184")
+    ).one()
     assert hospital.id_type == "FINESS" and hospital.recipient.key == "finess-750712184"
     # The general mailbox before the service's.
     assert [str(c) for c in hospital.recipient.channels] == [
@@ -146,9 +148,8 @@ def route(session: Session, tmp_path: Path, data: bytes) -> list[Delivery]:
         notices_dir=tmp_path / "notices",
     )  # fmt: skip
     session.flush()
-    return list(
-        session.scalars(select(Delivery).where(Delivery.message_id == message.id).order_by(Delivery.id))
-    )  # fmt: skip
+    query = select(Delivery).where(Delivery.message_id == message.id).order_by(Delivery.id)
+    return list(session.scalars(query))
 
 
 def test_a_clinician_refusing_electronic_results_is_not_sent_them_and_the_lab_is_told(
