@@ -213,6 +213,13 @@ def _merge(
     channels = cast(Table, Channel.__table__)
     r, ri, ch = recipients.c, identifiers.c, channels.c
 
+    if session.get_bind().dialect.name == "postgresql":
+        # Fresh statistics, or the planner may loop over what it believes are a few rows
+        # (autovacuum has not seen yesterday's import yet). Not on an empty table: the
+        # planner's guesses for a never-analysed table serve a first import better.
+        for table in (recipients, identifiers, channels):
+            if session.scalar(select(exists().select_from(table))):
+                session.execute(text(f"ANALYZE {table.name}"))
     # The same mailbox twice for one recipient: the first row wins.
     later = MAILBOXES_IN.alias("earlier")
     session.execute(
