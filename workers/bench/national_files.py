@@ -104,13 +104,16 @@ def write_practitioners(path: Path, people: Iterable[Person]) -> Path:
 
 
 def synthetic_person(n: int, *, generation: int = 0) -> Person:
-    """The n-th made-up clinician (`generation` changes some of them: a new address)."""
-    rpps = f"{10_000_000_000 + n}"
-    suffix = f".g{generation}" if generation and n % 100 == 7 else ""
+    """The n-th made-up clinician. A later `generation` changes 1 % of them each way: a new
+    address (n % 100 == 7), the Dématérialisation flag turned (13), a new name (17)."""
+    changed = generation and n % 100
+    accepts = n % 50 == 3
+    if changed == 13:
+        accepts = not accepts
     return Person(
-        rpps=rpps,
-        last=f"NOM{n}",
+        rpps=f"{10_000_000_000 + n}",
+        last=f"NOM{n}" + (f"-G{generation}" if changed == 17 else ""),
         first="Prénom",
-        address=f"dr.{n}{suffix}@medecin.mssante.fr",
-        accepts="false" if n % 50 == 3 else "true",
+        address=f"dr.{n}" + (f".g{generation}" if changed == 7 else "") + "@medecin.mssante.fr",
+        accepts="false" if accepts else "true",
     )
