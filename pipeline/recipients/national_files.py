@@ -392,3 +392,5 @@ def read_practitioners(
                 )
             if progress is not None and reader.line % 20_000 == 0:
                 progress(done + reader.read_bytes, total, reader.line - 1)
+        if progress is not None:
+            progress(done + reader.read_bytes, total, reader.line - 1)

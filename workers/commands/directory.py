@@ -112,6 +112,9 @@ def run_import_national(args: argparse.Namespace) -> int:
         elapsed = time.monotonic() - started
         rate = rows / elapsed if elapsed > 0 else 0.0
         left = (total - done) * elapsed / done if done else 0.0
+        if done >= total:  # the rest is the database's: one set-based merge
+            progress.show(f"read {rows:,} rows; applying them to the directory…")
+            return
         progress.show(
             f"read {done / 1e6:.1f}/{total / 1e6:.1f} MB · {rows:,} rows · "
             f"{rate:,.0f} rows/s · ~{left:.0f} s left"
@@ -123,7 +126,6 @@ def run_import_national(args: argparse.Namespace) -> int:
             report = import_national(
                 session, args.files, progress=show, allow_removals=args.allow_removals
             )
-            progress.show("applying to the directory…")
             queued = fail_withdrawn(session, report.withdrawn, utcnow(), settings.notices_path)
             session.commit()
     finally:
