@@ -263,3 +263,34 @@ def test_the_mssante_file_is_required(tmp_path: Path, session: Session) -> None:
 
     with pytest.raises(NationalFileError, match="exactly one Extraction_Correspondance_MSSante"):
         import_national(session, [people])
+
+
+def test_a_csv_row_for_a_national_recipient_makes_it_the_laboratorys(
+    session: Session, tmp_path: Path
+) -> None:
+    imported(session, tmp_path, [person_row(MARTIN), person_row(LEROY)])
+    csv = tmp_path / "directory.csv"
+    csv.write_text(
+        f"key,kind,name,local_codes\nrpps-{MARTIN.rpps},clinician,Dr MARTIN,{LAB}=SM1\n",
+        encoding="utf-8",
+    )
+    assert not import_directory(session, csv).errors
+    session.commit()
+
+    report = imported(session, tmp_path, [person_row(LEROY)])
+
+    assert (report.kept_local, report.recipients_removed, report.withdrawn) == (0, 0, [])
+    martin = session.scalars(select(Recipient).where(Recipient.key == f"rpps-{MARTIN.rpps}")).one()
+    session.refresh(martin)
+    assert (martin.source, martin.name) == ("local", "Dr MARTIN")
+    assert [c.code for c in martin.local_codes] == ["SM1"]
+
+
+def test_rows_naming_no_one_are_skipped_and_counted(session: Session, tmp_path: Path) -> None:
+    anonymous = person_row(MARTIN).replace(f"|8|{MARTIN.rpps}|8{MARTIN.rpps}|", "||||")
+    unknown_type = person_row(LEROY).replace("PER|", "XYZ|", 1)
+
+    report = imported(session, tmp_path, [anonymous, unknown_type, HOSPITAL])
+
+    assert report.rows == 1 and report.skipped.count == 2
+    assert report.skipped.examples[0].endswith(":2: a personal mailbox with no national identifier")
