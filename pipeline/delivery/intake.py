@@ -156,6 +156,7 @@ def accept_batch(
                     mail_domain=services.mail_domain,
                     now=now,
                     blind_index=services.cipher,
+                    notices_dir=services.notices_dir,
                 )
             group_answers.append(
                 Answer(result, record, held=held, route=report, ack=result.accept_ack())

@@ -42,6 +42,15 @@ def give_up(
     delivery.leased_until = None
     delivery.last_error = reason
     record_event(session, delivery.message, "failed", reason, now, delivery)
+    tell_laboratory(session, delivery, now, notices_dir)
+
+
+def tell_laboratory(
+    session: Session, delivery: Delivery, now: datetime, notices_dir: Path | None
+) -> None:
+    """Write the notice of a delivery already failed (and its `notified` event): `give_up`
+    does it, and routing for the deliveries it makes failed (a recipient who refuses
+    electronic results)."""
     if notices_dir is not None:
         path = write_failure_notice(notices_dir, delivery, now)
         delivery.notified_at = now

@@ -29,6 +29,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Table, case, insert, select, update
@@ -37,15 +38,17 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from pipeline.db import begin_write
 from pipeline.delivery.claims import StageReport, log_step_error, mark_queued
+from pipeline.delivery.notices import tell_laboratory
 from pipeline.delivery.record import StoredResult, load_stored
 from pipeline.delivery.services import DeliveryServices
 from pipeline.errors import LabdispatchError
 from pipeline.hl7.facts import RoutingFacts
 from pipeline.hl7.participants import PATIENT, Participant
 from pipeline.ledger.models import Delivery, Event, Message
-from pipeline.ledger.states import EVENT_KINDS, PENDING, RECEIVED, ROUTED, UNROUTABLE
+from pipeline.ledger.states import EVENT_KINDS, FAILED, PENDING, RECEIVED, ROUTED, UNROUTABLE
 from pipeline.recipients.identifiers import BlindIndex
 from pipeline.recipients.models import Recipient
+from pipeline.recipients.resolve import REFUSES_ELECTRONIC
 from pipeline.recipients.routing import RoutedRecipient, route_many
 
 
@@ -53,6 +56,9 @@ from pipeline.recipients.routing import RoutedRecipient, route_many
 class RouteReport:
     routed: int
     unroutable: int
+    #: Recipients in the directory with no channel results may go to (a mailbox refusing
+    #: electronic results, an MSSanté one): failed at once, the laboratory told.
+    refused: int = 0
 
 
 def route_stage(
@@ -119,6 +125,7 @@ def route_locked(
                 now=now,
                 blind_index=services.cipher,
                 claim_until=claim_until,
+                notices_dir=services.notices_dir,
             )
         routed = [message.id for message, _ in readable]
     except Exception:
@@ -136,6 +143,7 @@ def route_locked(
                         now=now,
                         blind_index=services.cipher,
                         claim_until=claim_until,
+                        notices_dir=services.notices_dir,
                     )
                 routed.append(message.id)
             except Exception as error:
@@ -172,10 +180,16 @@ def route_message(
     mail_domain: str,
     now: datetime,
     blind_index: BlindIndex | None = None,
+    notices_dir: Path | None = None,
 ) -> RouteReport:
     """Create the message's deliveries; a message already routed is left as it is."""
     return route_messages(
-        session, [(message, facts)], mail_domain=mail_domain, now=now, blind_index=blind_index
+        session,
+        [(message, facts)],
+        mail_domain=mail_domain,
+        now=now,
+        blind_index=blind_index,
+        notices_dir=notices_dir,
     )[0]
 
 
@@ -187,13 +201,16 @@ def route_messages(
     now: datetime,
     blind_index: BlindIndex | None = None,
     claim_until: datetime | None = None,
+    notices_dir: Path | None = None,
 ) -> list[RouteReport]:
     """Route a batch, set-based: the directory is asked once for all of it (`route_many`);
     the deliveries go in one multi-row INSERT … RETURNING, their events in one INSERT, the
     messages' new states in one UPDATE — a fixed number of statements whatever the batch's
     size. `blind_index` (the at-rest cipher) finds patients by the keyed hash of their INS.
     With `claim_until`, the new pending deliveries are claimed as they are written
-    (`leased_until`, `queued_at`), so the deliver pass needs no second statement."""
+    (`leased_until`, `queued_at`), so the deliver pass needs no second statement. A
+    delivery made failed (the recipient has no channel results may go to) is told to its
+    laboratory through `notices_dir` (`notices.tell_laboratory`)."""
     reports: list[RouteReport | None] = [None] * len(items)
     to_route: list[int] = []
     for index, (message, _) in enumerate(items):
@@ -225,8 +242,13 @@ def route_messages(
             message, answers, recipients, rows, events, mail_domain=mail_domain, now=now
         )
         reports[index] = report
-        states[message.id] = ROUTED if report.routed else UNROUTABLE
-    _write_routes(session, rows, events, now, claim_until)
+        states[message.id] = ROUTED if report.routed or report.refused else UNROUTABLE
+    ids = _write_routes(session, rows, events, now, claim_until)
+    for row, id_ in zip(rows, ids, strict=True):
+        if row["state"] == FAILED:
+            delivery = session.get(Delivery, id_)
+            assert delivery is not None
+            tell_laboratory(session, delivery, now, notices_dir)
     c = cast(Table, Message.__table__).c
     routed_ids = [id_ for id_, state in states.items() if state == ROUTED]
     session.execute(
@@ -261,9 +283,10 @@ def _write_routes(
     events: list[tuple[int, str, str]],
     now: datetime,
     claim_until: datetime | None,
-) -> None:
+) -> list[int]:
+    """Insert the rows and their events; returns the deliveries' IDs, in `rows` order."""
     if not rows:
-        return
+        return []
     for row in rows:
         pending = claim_until is not None and row["state"] == PENDING
         row["leased_until"] = claim_until if pending else None
@@ -281,6 +304,7 @@ def _write_routes(
     for id_, *key in returned:
         ids[slots[tuple(key)].pop(0)] = id_
     assert all(ids), "INSERT … RETURNING left a delivery without its ID"
+    found = [id_ for id_ in ids if id_ is not None]
     if events:
         event_table = cast(Table, Event.__table__)
         session.execute(
@@ -296,6 +320,7 @@ def _write_routes(
                 for position, kind, detail in events
             ],
         ).close()
+    return found
 
 
 def _route_one(
@@ -309,7 +334,7 @@ def _route_one(
     now: datetime,
 ) -> RouteReport:
     """The message's deliveries as rows (appended to `rows`) and their events."""
-    routed = unroutable = 0
+    routed = unroutable = refused = 0
     seen: set[str] = set()
 
     def add(row: dict[str, Any], kind: str, detail: str) -> None:
@@ -326,6 +351,7 @@ def _route_one(
                 "channel_kind": None,
                 "channel_address": None,
                 "last_error": "",
+                "failed_at": None,
                 "envelope_message_id": None,
                 "envelope_id": None,
                 "created_at": now,
@@ -357,6 +383,30 @@ def _route_one(
             continue
         seen.add(key)
         recipient = recipients[key]
+        if not resolution.channels and resolution.unusable:
+            # Refusals first: what the laboratory must act on (send on paper).
+            channel, reason = sorted(
+                resolution.unusable, key=lambda pair: pair[1] != REFUSES_ELECTRONIC
+            )[0]
+            kind, _, address = channel.partition(":")
+            last_error = f"{key}: {kind} {address} {reason}"
+            add(
+                {
+                    "recipient_id": recipient.id,
+                    "recipient_key": key,
+                    "wanted": str(participant.identifier or "")[:200] if role != PATIENT else "",
+                    "role": role,
+                    "channel_kind": kind,
+                    "channel_address": address,
+                    "state": FAILED,
+                    "last_error": last_error,
+                    "failed_at": now,
+                },
+                "failed",
+                last_error,
+            )
+            refused += 1
+            continue
         if not resolution.channels:
             last_error = f"{key} is in the directory but has no channel"
             add(
@@ -383,7 +433,7 @@ def _route_one(
             f"{key} ({role}) via {columns['channel_kind']}",
         )
         routed += 1
-    return RouteReport(routed=routed, unroutable=unroutable)
+    return RouteReport(routed=routed, unroutable=unroutable, refused=refused)
 
 
 def deliverable(

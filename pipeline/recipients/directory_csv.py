@@ -104,7 +104,7 @@ NATIONAL_VALUE_SHAPES: dict[str, tuple[re.Pattern[str], str]] = {
     SIRET: (re.compile(r"\d{14}"), "14 digits"),
     INS: (re.compile(r"[\dAB]{15}"), "15 characters (the NIR with its key)"),
 }
-_MAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+MAIL_ADDRESS = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _KEY_FORBIDDEN = re.compile(r"[\s:=]")
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # tab, LF, CR allowed
 MAX_KEY = 64
@@ -416,7 +416,7 @@ def _channels(cell: str) -> list[tuple[str, str]]:
             raise _CellError(f"{piece!r}: channel kind must be one of {', '.join(CHANNEL_KINDS)}")
         if len(address) > MAX_ADDRESS:
             raise _CellError(f"{piece!r}: address is longer than {MAX_ADDRESS} characters")
-        if kind == "mail" and not _MAIL.fullmatch(address):
+        if kind == "mail" and not MAIL_ADDRESS.fullmatch(address):
             raise _CellError(f"{piece!r}: {address!r} is not an e-mail address")
         if kind == "https":
             parts = urlsplit(address)

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, selectinload
 from pipeline.db import first_line, utcnow
 from pipeline.identifiers import Identifier
 from pipeline.recipients.models import (
+    LOCAL,
     Certificate,
     Channel,
     Laboratory,
@@ -200,6 +201,9 @@ def _write_row(
         session.add(recipient)
     else:
         recipient.updated_at = utcnow()
+    # A row the laboratory writes makes the recipient its own: a national import leaves it
+    # alone from then on (docs/directory-national.md).
+    recipient.source = LOCAL
     _apply(session, recipient, plan, labs)
     return recipient
 
@@ -365,7 +369,8 @@ def _replace_owned(owners: dict[K, str], key: str, held: set[K]) -> list[K]:
 def _unchanged(recipient: Recipient, plan: RowPlan) -> bool:
     """Whether the stored recipient already matches the row in every part the file manages."""
     return (
-        recipient.kind == plan.kind
+        recipient.source == LOCAL
+        and recipient.kind == plan.kind
         and recipient.name == plan.name
         and (not plan.has_specialty or recipient.specialty == plan.specialty)
         and (

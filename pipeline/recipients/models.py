@@ -15,7 +15,15 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from pipeline.db import Base, UTCDateTime, utcnow
 
 RECIPIENT_KINDS = ("clinician", "organisation", "patient")
-CHANNEL_KINDS = ("mail", "mailbox", "https")
+#: `mssante`: an MSSanté mailbox from the national directory (docs/directory-national.md);
+#: kept so routing can say why it is not used while the MSSanté channel is not built.
+CHANNEL_KINDS = ("mail", "mailbox", "https", "mssante")
+#: Who keeps a recipient: `local`, the laboratory's own entries (`directory import` CSV, by
+#: hand), never touched by a national import; `national`, made and kept in step with the
+#: Annuaire Santé extraction by `directory import-national`.
+LOCAL = "local"
+NATIONAL = "national"
+RECIPIENT_SOURCES = (LOCAL, NATIONAL)
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> str:
@@ -41,13 +49,18 @@ class Recipient(Base):
     """Someone results can be delivered to; `key` is the directory's own stable name."""
 
     __tablename__ = "recipients"
-    __table_args__ = (CheckConstraint(_one_of("kind", RECIPIENT_KINDS), name="kind"),)
+    __table_args__ = (
+        CheckConstraint(_one_of("kind", RECIPIENT_KINDS), name="kind"),
+        CheckConstraint(_one_of("source", RECIPIENT_SOURCES), name="source"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     key: Mapped[str] = mapped_column(String(64), unique=True)
     kind: Mapped[str] = mapped_column(String(16))
     name: Mapped[str] = mapped_column(String(200))
     specialty: Mapped[str | None] = mapped_column(String(200))
+    #: `local` or `national` (see `RECIPIENT_SOURCES`).
+    source: Mapped[str] = mapped_column(String(16), default=LOCAL, server_default=LOCAL)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -123,6 +136,10 @@ class Channel(Base):
     kind: Mapped[str] = mapped_column(String(16))
     address: Mapped[str] = mapped_column(String(500))
     priority: Mapped[int] = mapped_column(default=0)
+    #: The Annuaire Santé's "Dématérialisation" for this mailbox: False, its holder refuses
+    #: results sent electronically (routing never uses it, and the laboratory is told);
+    #: None where nobody said (every local channel).
+    accepts_results: Mapped[bool | None] = mapped_column(default=None)
 
     recipient: Mapped[Recipient] = relationship(back_populates="channels")
 

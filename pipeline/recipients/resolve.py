@@ -23,7 +23,13 @@ from sqlalchemy.orm import Session, selectinload
 
 from pipeline.identifiers import PRIVATE_TYPES, Identifier
 from pipeline.recipients.identifiers import BlindIndex, blind_forms
-from pipeline.recipients.models import Laboratory, LocalCode, Recipient, RecipientIdentifier
+from pipeline.recipients.models import (
+    Channel,
+    Laboratory,
+    LocalCode,
+    Recipient,
+    RecipientIdentifier,
+)
 
 #: Values per IN list: well under every engine's bound-parameter limit.
 CHUNK = 500
@@ -37,8 +43,11 @@ class Resolution:
     recipient_key: str | None  # None when unresolved
     name: str | None
     kind: str | None
-    channels: tuple[str, ...]  # "kind:address", most preferred first
+    channels: tuple[str, ...]  # "kind:address" results may go to, most preferred first
     reason: str  # "" when resolved, else why not, in words an operator can act on
+    #: The recipient's channels results may not go to, with why ("kind:address", reason):
+    #: a mailbox whose holder refuses electronic results, a kind not deliverable yet.
+    unusable: tuple[tuple[str, str], ...] = ()
 
     @property
     def resolved(self) -> bool:
@@ -101,17 +110,48 @@ def resolve_many(
             answers.append(_unresolved(item, reason))
             continue
         recipient = recipients[recipient_id]
+        usable, unusable = usable_channels(recipient.channels)
         answers.append(
             Resolution(
                 wanted=item,
                 recipient_key=recipient.key,
                 name=recipient.name,
                 kind=recipient.kind,
-                channels=tuple(str(channel) for channel in recipient.channels),
+                channels=usable,
                 reason="",
+                unusable=unusable,
             )
         )
     return answers
+
+
+#: Channel kinds the directory keeps but nothing delivers to yet, and what to tell the
+#: laboratory instead (docs/directory-national.md "Channel kind").
+NOT_DELIVERABLE_YET = {
+    "mssante": "results cannot be sent to MSSanté mailboxes yet (the MSSanté channel is not "
+    "built); send this result another way, or give the recipient another channel",
+}
+#: Why a mailbox whose holder refuses electronic results is never used.
+REFUSES_ELECTRONIC = (
+    "refuses results sent electronically (Annuaire Santé: Dématérialisation = false); "
+    "send this result on paper"
+)
+
+
+def usable_channels(
+    channels: Iterable[Channel],
+) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The channels results may go to (in preference order), and the others with why."""
+    usable: list[str] = []
+    unusable: list[tuple[str, str]] = []
+    for channel in channels:
+        if channel.accepts_results is False:
+            unusable.append((str(channel), REFUSES_ELECTRONIC))
+        elif channel.kind in NOT_DELIVERABLE_YET:
+            unusable.append((str(channel), NOT_DELIVERABLE_YET[channel.kind]))
+        else:
+            usable.append(str(channel))
+    return tuple(usable), tuple(unusable)
 
 
 def _unresolved(wanted: Identifier | None, reason: str) -> Resolution:

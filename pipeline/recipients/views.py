@@ -46,6 +46,8 @@ class ChannelView:
     kind: str
     address: str
     priority: int
+    #: The Annuaire Santé's "Dématérialisation" (None: nobody said; False: never used).
+    accepts_results: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class RecipientView:
     key: str
     kind: str
     name: str
+    #: `local` (the laboratory's own entry) or `national` (kept by the national import).
+    source: str
     specialty: str | None
     created_at: datetime
     updated_at: datetime
@@ -93,6 +97,7 @@ def describe_recipient(
     moment = now or utcnow()
     return RecipientView(
         key=recipient.key,
+        source=recipient.source,
         kind=recipient.kind,
         name=recipient.name,
         specialty=recipient.specialty,
@@ -105,7 +110,10 @@ def describe_recipient(
         local_codes=tuple(
             sorted(LocalCodeView(c.laboratory.code, c.code) for c in recipient.local_codes)
         ),
-        channels=tuple(ChannelView(c.kind, c.address, c.priority) for c in recipient.channels),
+        channels=tuple(
+            ChannelView(c.kind, c.address, c.priority, c.accepts_results)
+            for c in recipient.channels
+        ),
         certificates=tuple(
             CertificateView(
                 subject=c.subject,
@@ -187,7 +195,7 @@ def render_recipient(view: RecipientView) -> str:
     """The block `labdispatch directory show` prints."""
     lines = [
         f"{view.key}  {view.name}",
-        f"  kind:        {view.kind}",
+        f"  kind:        {view.kind} ({view.source})",
         f"  specialty:   {view.specialty or '-'}",
         f"  updated:     {_when(view.updated_at)} (created {_when(view.created_at)})",
         "  identifiers: " + (", ".join(f"{i.id_type}:{i.value}" for i in view.identifiers) or "-"),
@@ -196,7 +204,11 @@ def render_recipient(view: RecipientView) -> str:
         "  channels:"
         + ("" if view.channels else "    - (results for this recipient cannot go out)"),
     ]
-    lines += [f"    {n}. {c.kind}:{c.address}" for n, c in enumerate(view.channels, start=1)]
+    lines += [
+        f"    {n}. {c.kind}:{c.address}"
+        + (" (refuses results sent electronically)" if c.accepts_results is False else "")
+        for n, c in enumerate(view.channels, start=1)
+    ]
     lines.append("  certificates:" + ("" if view.certificates else " -"))
     for cert in view.certificates:
         state = "EXPIRED" if cert.expired else "not yet valid" if cert.not_yet_valid else "valid"

@@ -292,8 +292,8 @@ def destination_name(kind: str | None, address: str | None) -> str:
     if kind == "mailbox":
         return "mailbox"
     address = address or ""
-    if kind == "mail":
-        return f"mail:{address.rpartition('@')[2].lower()}"
+    if kind in ("mail", "mssante"):
+        return f"{kind}:{address.rpartition('@')[2].lower()}"
     if kind == "https":
         return f"https:{(urlsplit(address).hostname or address).lower()}"
     return f"{kind or 'none'}:{address}"

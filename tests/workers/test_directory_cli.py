@@ -181,3 +181,32 @@ def test_import_keeps_no_patient_identity_in_clear_and_show_finds_the_patient_by
     finally:
         engine.dispose()
     assert rows and not [v for v in rows if "248125612345678" in v or "DUPONT" in v]
+
+
+def test_import_national_prints_a_summary_then_no_change_and_refuses_a_bad_file_in_one_line(
+    cli_env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from workers.bench.national_files import Person, person_row, write_mssante
+
+    name = "Extraction_Correspondance_MSSante_202612040800.txt"
+    people = [
+        Person(f"1000000000{n}", f"NOM{n}", "Prénom", f"dr{n}@x.mssante.fr") for n in range(3)
+    ]
+    path = write_mssante(tmp_path / name, [person_row(p) for p in people])
+
+    assert main(["directory", "import-national", str(path)]) == 0
+    first = capsys.readouterr()
+    assert main(["directory", "import-national", str(path)]) == 0
+    again = capsys.readouterr()
+    write_mssante(path, [person_row(people[0]), person_row(people[1]).replace("|true|", "|maybe|")])
+    status = main(["directory", "import-national", str(path)])
+    refused = capsys.readouterr()
+
+    assert "recipients 3 created" in first.out and "mailboxes 3 added" in first.out
+    assert first.err == ""  # no progress line when not on a terminal
+    assert again.out.rstrip().endswith("(no change)")
+    assert status == 2 and refused.out == ""
+    assert refused.err == (
+        f"labdispatch: {path}:3: column 18 (Dématérialisation): 'maybe' is neither true nor "
+        "false; nothing was imported\n"
+    )

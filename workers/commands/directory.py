@@ -8,14 +8,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
-from pipeline.db import open_database
+from pipeline.db import begin_write, open_database, utcnow
 from pipeline.delivery.services import StorageKeyIndex
+from pipeline.delivery.withdrawn import fail_withdrawn
 from pipeline.recipients.directory_csv import import_directory
 from pipeline.recipients.laboratories import describe_laboratory, set_laboratory
+from pipeline.recipients.national_store import MAX_WITHDRAWN_SHARE, import_national
 from pipeline.recipients.views import describe_recipient, render_recipient
 from pipeline.settings import Settings
+from workers.bench.progress import Progress
 
 EXIT_OK = 0
 EXIT_ROWS_REJECTED = 1
@@ -37,6 +41,25 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     load.add_argument("file", type=Path, metavar="FILE.csv")
     load.set_defaults(handler=run_import)
+
+    national = actions.add_parser(
+        "import-national",
+        help="refresh the national part of the directory from the Annuaire Santé extractions",
+        description="Bring the national directory in step with the Annuaire Santé public "
+        "extractions (see docs/directory-national.md): the MSSanté correspondence file "
+        "(required) and PS_LibreAcces_Personne_activite (optional: names, specialties), as "
+        ".txt or as the published .zip. New, changed and removed rows are applied in one "
+        "transaction; a bad file changes nothing (exit status 1). The laboratory's own "
+        "entries are never changed.",
+    )
+    national.add_argument("files", type=Path, nargs="+", metavar="FILE")
+    national.add_argument(
+        "--allow-removals",
+        action="store_true",
+        help=f"accept a file that withdraws more than {MAX_WITHDRAWN_SHARE:.0%} of the "
+        "national mailboxes (refused otherwise: a truncated download?)",
+    )
+    national.set_defaults(handler=run_import_national)
 
     show = actions.add_parser(
         "show",
@@ -77,6 +100,56 @@ def run_import(args: argparse.Namespace) -> int:
         where = f"column {error.column}: " if error.column else ""
         print(f"{path}:{error.line}: {where}{error.message}", file=sys.stderr)
     return EXIT_ROWS_REJECTED if report.errors else EXIT_OK
+
+
+def run_import_national(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    sessions = open_database(settings)
+    progress = Progress()
+    started = time.monotonic()
+
+    def show(done: int, total: int, rows: int) -> None:
+        elapsed = time.monotonic() - started
+        rate = rows / elapsed if elapsed > 0 else 0.0
+        left = (total - done) * elapsed / done if done else 0.0
+        if done >= total:  # the rest is the database's: one set-based merge
+            progress.show(f"read {rows:,} rows; applying them to the directory…")
+            return
+        progress.show(
+            f"read {done / 1e6:.1f}/{total / 1e6:.1f} MB · {rows:,} rows · "
+            f"{rate:,.0f} rows/s · ~{left:.0f} s left"
+        )
+
+    try:
+        with sessions() as session:
+            begin_write(session)
+            report = import_national(
+                session, args.files, progress=show, allow_removals=args.allow_removals
+            )
+            queued = fail_withdrawn(session, report.withdrawn, utcnow(), settings.notices_path)
+            session.commit()
+    finally:
+        progress.end()
+    elapsed = time.monotonic() - started
+    print(
+        f"national directory: {report.rows:,} mailbox rows in {elapsed:.1f} s; recipients "
+        f"{report.recipients_created:,} created, {report.recipients_updated:,} updated, "
+        f"{report.recipients_removed:,} removed; mailboxes {report.mailboxes_added:,} added, "
+        f"{report.mailboxes_changed:,} changed, {len(report.withdrawn):,} withdrawn"
+        + ("" if report.changed else " (no change)")
+    )
+    if report.kept_local:
+        print(f"  {report.kept_local:,} recipient(s) kept as the laboratory entered them")
+    if queued.failed or queued.in_flight:
+        print(
+            f"  deliveries queued for withdrawn mailboxes: {queued.failed} failed (laboratory "
+            f"told), {queued.in_flight} in flight"
+        )
+    if report.skipped.count:
+        print(f"  {report.skipped.count:,} row(s) skipped (no one to route to), e.g.:")
+        for example in report.skipped.examples:
+            print(f"    {example}")
+    return EXIT_OK
 
 
 def run_laboratory(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from pipeline.db import session_factory
 from pipeline.delivery.breaker import OPEN, Transition
 from pipeline.delivery.circuits import save_transitions
 from pipeline.ledger.models import Delivery, Event, Message, Rejection
-from pipeline.recipients.models import Certificate, Channel, Laboratory, Recipient
+from pipeline.recipients.models import CHANNEL_KINDS, Certificate, Channel, Laboratory, Recipient
 from pipeline.settings import SigningSettings
 from pipeline.stats.metrics import (
     LATENCY_BUCKETS,
@@ -162,7 +162,7 @@ def test_counters_start_at_zero_and_advance_by_exactly_what_was_added(
     # Every known laboratory and channel has its series, at 0, from the first scrape.
     assert counters.received == {LAB_A: 0}
     assert counters.rejected == {LAB_A: 0, UNKNOWN_LABORATORY: 0}
-    assert set(counters.delivered) == {(LAB_A, "mail"), (LAB_A, "mailbox"), (LAB_A, "https")}
+    assert set(counters.delivered) == {(LAB_A, kind) for kind in CHANNEL_KINDS}
     assert counters.last_received == {LAB_A: T0 + timedelta(minutes=1)}
 
     # Then: lab A sends 2, lab B (new) sends 1; deliveries go out, fail, are read.
@@ -314,6 +314,7 @@ def test_gauges_read_what_is_open(session: Session, sessions: sessionmaker[Sessi
     assert got.retries == {
         "mail": RetryBacklog(retrying=1, due=1),
         "mailbox": RetryBacklog(0, 0),
+        "mssante": RetryBacklog(0, 0),
         "https": RetryBacklog(retrying=2, due=1),
     }
     assert [(c.destination, c.state, c.failures) for c in got.circuits] == [
