@@ -6,6 +6,12 @@ ledger key, so a ciphertext copied onto another row does not decrypt there. The 
 holds one base64 key; its id (a hash prefix, never the key) is stored beside each row so a
 rotated key can still open older rows when kept as a previous key.
 
+Message bytes are compressed before they are encrypted (ciphertext does not compress):
+HL7 text shrinks ~2.5 times, so the ledger writes (table and WAL) and reads less per
+result. Whether a value was compressed is bound into its associated data, so it is
+authenticated with the value, never guessed from its bytes; values written before
+compression was introduced still read (the second context is tried on a mismatch).
+
 A key is never made up over a ledger that already holds rows: `check_stored_keys` reads
 the key ids of the oldest and newest encrypted rows of each table, and a process refuses to
 start when one of them is not in the key file (a ledger copied without its key, a key file
@@ -19,6 +25,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +42,11 @@ KEY_BYTES = 32
 #: The tables holding data encrypted with the storage key, each with `id` and
 #: `storage_key_id` columns.
 ENCRYPTED_TABLES = ("messages", "rejections")
+#: Appended to the associated data of a value compressed before its encryption.
+_DEFLATED = b"\0deflate"
+#: Above this size a result is mostly base64 documents, where LZ matching finds little and
+#: costs three times the time of Huffman coding alone (which takes base64's 6 bits in 8).
+_HUFFMAN_ONLY_ABOVE = 64 * 1024
 #: What a value sealed by `StorageCipher.seal_text` starts with.
 SEALED_PREFIX = "sealed:"
 
@@ -117,26 +129,47 @@ class StorageCipher:
             blob = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
         except (binascii.Error, ValueError) as error:
             raise StoredMessageUnreadable("a sealed value is not in its stored form") from error
-        return self.decrypt(blob, key_id, context).decode()
+        return self._open(blob, key_id, context).decode()
 
     def encrypt(self, data: bytes, context: str) -> tuple[bytes, str]:
+        """`data` compressed, then encrypted and bound to `context`."""
         nonce = os.urandom(NONCE_BYTES)
-        sealed = AESGCM(self.keys[self.current]).encrypt(nonce, data, context.encode())
+        sealed = AESGCM(self.keys[self.current]).encrypt(
+            nonce, _deflate(data), context.encode() + _DEFLATED
+        )
         return nonce + sealed, self.current
 
     def decrypt(self, blob: bytes, key_id: str, context: str) -> bytes:
-        key = self.keys.get(key_id)
-        if key is None:
-            raise StoredMessageUnreadable(
-                f"the message was stored under key {key_id}, which is not in the storage key "
-                "file; add the previous key after the current one"
-            )
+        """The bytes `encrypt` was given (or, for a value stored before compression, the
+        bytes stored); StoredMessageUnreadable when the key is missing or the value altered
+        or moved to another context."""
+        aead = AESGCM(self._key(key_id))
+        nonce, sealed = blob[:NONCE_BYTES], blob[NONCE_BYTES:]
+        try:
+            packed = aead.decrypt(nonce, sealed, context.encode() + _DEFLATED)
+        except InvalidTag:
+            return self._open(blob, key_id, context)  # stored before compression
+        # Authenticated above: written by `encrypt` from a message bounded at intake.
+        return zlib.decompress(packed, -zlib.MAX_WBITS)
+
+    def _open(self, blob: bytes, key_id: str, context: str) -> bytes:
+        """`blob` decrypted as it was encrypted, with `context` alone as associated data."""
+        key = self._key(key_id)
         try:
             return AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], context.encode())
         except InvalidTag as error:
             raise StoredMessageUnreadable(
                 f"the stored message {context} does not decrypt: the row was altered"
             ) from error
+
+    def _key(self, key_id: str) -> bytes:
+        key = self.keys.get(key_id)
+        if key is None:
+            raise StoredMessageUnreadable(
+                f"the message was stored under key {key_id}, which is not in the storage key "
+                "file; add the previous key after the current one"
+            )
+        return key
 
 
 class StorageKeyMissing(ConfigurationError):
@@ -177,6 +210,14 @@ def check_stored_keys(stored: set[str], cipher: StorageCipher | None, path: Path
         f"{path} does not hold (it holds {', '.join(cipher.keys)}): put the key back, or after "
         "a rotation keep the previous key on a line after the current one; nothing was changed"
     )
+
+
+def _deflate(data: bytes) -> bytes:
+    """Raw deflate at level 1: most of the saving for a fraction of the time of higher
+    levels (a 3 KB result in ~35 µs)."""
+    strategy = zlib.Z_HUFFMAN_ONLY if len(data) > _HUFFMAN_ONLY_ABOVE else zlib.Z_DEFAULT_STRATEGY
+    compressor = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS, 8, strategy)
+    return compressor.compress(data) + compressor.flush()
 
 
 def _index_key(key: bytes) -> bytes:

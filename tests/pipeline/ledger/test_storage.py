@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from pipeline.errors import ConfigurationError
 from pipeline.ledger.storage import StorageCipher, StoredMessageUnreadable
@@ -20,6 +21,28 @@ def test_a_message_round_trips_and_the_ciphertext_hides_it() -> None:
 
     assert b"DUPONT" not in blob
     assert cipher.decrypt(blob, key_id, "LAB\0C1\x001") == MESSAGE
+
+
+def test_a_message_is_stored_compressed() -> None:
+    cipher = StorageCipher.from_key(b"a" * 32)
+    result = MESSAGE + b"OBX|1|NM|GLU^Glucose||5.2|mmol/L|3.9-5.8|N|||F\r" * 40
+
+    blob, key_id = cipher.encrypt(result, "ctx")
+
+    assert len(blob) < len(result) / 3
+    assert cipher.decrypt(blob, key_id, "ctx") == result
+
+
+def test_a_value_stored_before_compression_still_reads() -> None:
+    key = b"a" * 32
+    nonce = b"n" * 12
+    legacy = nonce + AESGCM(key).encrypt(nonce, MESSAGE, b"LAB\0C1\x001")
+
+    cipher = StorageCipher.from_key(key)
+
+    assert cipher.decrypt(legacy, cipher.current, "LAB\0C1\x001") == MESSAGE
+    with pytest.raises(StoredMessageUnreadable, match="altered"):
+        cipher.decrypt(legacy, cipher.current, "LAB\0C2\x001")
 
 
 def test_a_ciphertext_moved_to_another_row_does_not_decrypt() -> None:
