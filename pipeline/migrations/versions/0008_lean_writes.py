@@ -17,7 +17,7 @@ keeps them out of line even when small, so a message's state change copies a poi
 not its bytes.
 
 Revision ID: 0008_lean_writes
-Revises: 0006_hprim
+Revises: 0007_national_directory
 Create Date: 2026-12-04
 """
 
@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008_lean_writes"
-down_revision: str | None = "0006_hprim"
+down_revision: str | None = "0007_national_directory"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
