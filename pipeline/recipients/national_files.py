@@ -199,6 +199,14 @@ class _Reader:
             where += f" column {column}" + (f" ({name})" if name else "") + ":"
         return NationalFileError(f"{where} {message}; nothing was imported")
 
+    def read_header(self, rows: Iterator[list[str]]) -> list[str]:
+        """The first line, kept so that errors name their column."""
+        header = next(rows, None)
+        if header is None:
+            raise self.fail("empty file: no header line")
+        self.header = header
+        return header
+
     def rows(self) -> Iterator[list[str]]:
         while True:
             raw = self.stream.readline(MAX_LINE_BYTES + 1)
@@ -240,10 +248,7 @@ def read_mailboxes(
     with ExitStack() as stack:
         reader = _Reader(source, source.open(stack))
         rows = reader.rows()
-        header = next(rows, None)
-        if header is None:
-            raise reader.fail("empty file: no header line")
-        reader.header = header
+        header = reader.read_header(rows)
         width = len(header)
         if width == MSSANTE_COLUMNS + 1 and not header[-1].strip():
             width = MSSANTE_COLUMNS + 1
@@ -361,10 +366,7 @@ def read_practitioners(
     with ExitStack() as stack:
         reader = _Reader(source, source.open(stack))
         rows = reader.rows()
-        header = next(rows, None)
-        if header is None:
-            raise reader.fail("empty file: no header line")
-        reader.header = header
+        header = reader.read_header(rows)
         plain = [_plain(name) for name in header]
         at: dict[str, int] = {}
         for what, name in _PRACTITIONER_COLUMNS.items():
