@@ -46,15 +46,14 @@ from pipeline.delivery.notices import give_up, scrub_address
 from pipeline.delivery.outcomes import record_outcomes, wait_for_circuit
 from pipeline.delivery.route import route_locked
 from pipeline.delivery.seal import SignedResults, seal_delivery, seal_for
-from pipeline.delivery.send import Prepared, send_prepared
+from pipeline.delivery.send import Prepared, open_address, send_prepared
 from pipeline.delivery.services import DeliveryServices
 from pipeline.errors import LabdispatchError
 from pipeline.ledger.events import record_event
 from pipeline.ledger.models import Attempt, Delivery
 from pipeline.ledger.states import ACCEPTED, DELIVERED, FAILED, OPEN_STATES, PENDING, RETRYING
-from pipeline.ledger.storage import StoredMessageUnreadable, is_sealed
+from pipeline.ledger.storage import StoredMessageUnreadable
 from pipeline.logsafe import log_failure
-from pipeline.recipients.identifiers import address_context
 from pipeline.recipients.models import Recipient
 from pipeline.transports.base import Envelope, Outcome, SendResult, TransportConfigurationError
 
@@ -248,26 +247,19 @@ def send_delivery(session: Session, delivery: Delivery, services: DeliveryServic
     assert delivery.envelope is not None and delivery.channel_kind is not None
     message = delivery.message
     kind = delivery.channel_kind
-    address = delivery.channel_address or ""
-    sealed = is_sealed(address)
-    if sealed:
-        # A patient's address is kept sealed (it may carry the INS): opened for the send
-        # only, and kept out of what is recorded of it.
-        try:
-            address = services.cipher.open_text(
-                address, address_context(delivery.recipient_key or "", kind)
-            )
-        except StoredMessageUnreadable:
-            give_up(
-                session,
-                delivery,
-                "not sent: the patient's sealed address does not open with the storage key "
-                "file (a previous key left out of it, or the row altered); import the "
-                "directory again, then replay",
-                services.clock(),
-                services.notices_dir,
-            )
-            return delivery.state
+    try:
+        address, sealed = open_address(delivery, services)
+    except StoredMessageUnreadable:
+        give_up(
+            session,
+            delivery,
+            "not sent: the patient's sealed address does not open with the storage key "
+            "file (a previous key left out of it, or the row altered); import the "
+            "directory again, then replay",
+            services.clock(),
+            services.notices_dir,
+        )
+        return delivery.state
     started = services.clock()
     # The kind stands in until the transport names the far side; once named, a failure is
     # recorded against it even when the transport raised (a half-open trial must end).

@@ -74,22 +74,26 @@ def send_prepared(
     for item in prepared:
         delivery = item.delivery
         kind = delivery.channel_kind or ""
-        address = delivery.channel_address or ""
-        sealed = is_sealed(address)
-        if sealed:
-            # A patient's address is kept sealed (it may carry the INS): opened for the send
-            # only, and kept out of what is recorded of it.
-            try:
-                address = services.cipher.open_text(
-                    address, address_context(delivery.recipient_key or "", kind)
-                )
-            except StoredMessageUnreadable:
-                done.append(Sent(item, UNOPENABLE))
-                continue
+        try:
+            address, sealed = open_address(delivery, services)
+        except StoredMessageUnreadable:
+            done.append(Sent(item, UNOPENABLE))
+            continue
         by_kind.setdefault(kind, []).append((item, address, sealed))
     for kind, items in by_kind.items():
         done += _send_kind(services, kind, items, deadline)
     return done
+
+
+def open_address(delivery: Delivery, services: DeliveryServices) -> tuple[str, bool]:
+    """The address to send to, and whether it was sealed. A patient's address is kept sealed
+    (it may carry the INS): opened for the send only, and kept out of what is recorded of
+    it. StoredMessageUnreadable when it does not open with the storage key file."""
+    address = delivery.channel_address or ""
+    if not is_sealed(address):
+        return address, False
+    context = address_context(delivery.recipient_key or "", delivery.channel_kind or "")
+    return services.cipher.open_text(address, context), True
 
 
 def _send_kind(
